@@ -1,0 +1,283 @@
+"""Configuration as data: the model, training and sampling dataclasses, presets, TOML files.
+
+Owns the one vocabulary shared by CLI flags (`--n-layer` is `n_layer`), TOML config files and
+checkpoint metadata, and the precedence rule defaults < preset < `--config` file < flags.
+Standard library only: importing this module must stay cheap (`gptkit --help` imports it).
+It does not pick devices or touch torch; `runtime.py` turns "auto" values into real choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gptkit.errors import UsageError
+
+
+def _f(default: Any, help: str) -> Any:
+    """A config field with its one-line doc, which is also the CLI flag's help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder-only transformer. Defaults are GPT-2's architecture at a tiny size."""
+
+    n_layer: int = _f(4, "number of transformer blocks")
+    n_head: int = _f(4, "attention heads per block (n_embd must divide evenly)")
+    n_embd: int = _f(128, "width of the residual stream (embedding dimension)")
+    block_size: int = _f(64, "context length: the most tokens the model attends over")
+    vocab_size: int = _f(0, "number of token ids, set from the tokenizer (not a flag)")
+    dropout: float = _f(0.0, "dropout on residual branches and embeddings (0 keeps CPU SDPA on its fast kernel)")
+    bias: bool = _f(True, "biases in Linear layers and LayerNorms, as in GPT-2")
+    pos_encoding: str = _f("learned", "'learned' absolute positions (GPT-2) or 'rope' (rotary)")
+    norm: str = _f("layernorm", "'layernorm' (GPT-2) or 'rmsnorm'")
+    mlp: str = _f("gelu", "feed-forward: 'gelu' (GPT-2, 4x width) or 'swiglu' (gated, ~8/3x width)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, tokenizer, optimisation, schedule, evaluation and stopping."""
+
+    tokenizer: str = _f("char", "char | byte | bpe | a tiktoken encoding name (gpt2, cl100k_base, ...)")
+    vocab_size: int | None = _f(None, "target vocabulary for `bpe` (default 1024)")
+    val_fraction: float = _f(0.1, "the last fraction of the text held out for validation")
+    batch_size: int = _f(12, "sequences per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (same gradient as one bigger batch)")
+    max_iters: int = _f(2000, "optimizer steps to run")
+    max_time: float | None = _f(None, "wall-clock budget in seconds (flag accepts 90s, 10m, 1h30m)")
+    learning_rate: float = _f(1e-3, "peak learning rate after warmup")
+    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = _f(100, "linear warmup steps")
+    weight_decay: float = _f(0.1, "AdamW decay on matrices (not on biases, norms)")
+    beta1: float = _f(0.9, "AdamW first-moment decay")
+    beta2: float = _f(0.99, "AdamW second-moment decay")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_interval: int = _f(250, "steps between validation evaluations and checkpoints")
+    eval_iters: int = _f(50, "batches averaged per validation estimate")
+    seed: int = _f(1337, "seed for weights, batch order and dropout")
+    device: str = _f("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
+    dtype: str = _f("auto", "auto | float32 | bfloat16 | float16 (autocast; master weights stay fp32)")
+    compile: str = _f("auto", "auto | on | off: torch.compile the model (auto = on for CUDA)")
+
+
+@dataclass
+class SampleConfig:
+    """How to sample from a trained model."""
+
+    max_new_tokens: int = _f(500, "tokens to generate after the prompt")
+    temperature: float = _f(0.8, "softmax temperature; 0 = greedy")
+    top_k: int | None = _f(200, "keep only the k most likely tokens (None = off)")
+    seed: int | None = _f(None, "seed for reproducible sampling (None = random)")
+
+
+# Presets set model shape and the training settings that go with it. Values not named keep the
+# dataclass defaults. `tiny` is nanoGPT's CPU recipe; `baby` is nanoGPT's shakespeare-char model.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+        "train": dict(batch_size=12, learning_rate=1e-3, max_iters=2000, warmup_iters=100),
+    },
+    "small": {
+        "model": dict(n_layer=6, n_head=6, n_embd=192, block_size=128),
+        "train": dict(batch_size=32, learning_rate=1e-3, max_iters=3000, warmup_iters=100),
+    },
+    "baby": {
+        "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
+        "train": dict(batch_size=64, learning_rate=1e-3, max_iters=5000, warmup_iters=100),
+    },
+    "gpt2": {
+        "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+        "train": dict(
+            tokenizer="gpt2", batch_size=12, grad_accum=40, learning_rate=6e-4, min_lr=6e-5,
+            max_iters=600000, warmup_iters=2000, weight_decay=0.1, beta2=0.95,
+        ),
+    },
+}
+DEFAULT_PRESET = "tiny"
+
+_CHOICES = {
+    "pos_encoding": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "swiglu"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "compile": ("auto", "on", "off"),
+}
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '10m', '1h30m', '2.5m' or a plain number of seconds -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", s):
+            seconds = float(s)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", s)
+            if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(h|m|s)", "", s).strip():
+                raise UsageError(f"bad duration {text!r}: use a form like 90s, 10m or 1h30m")
+            unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * unit[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"bad duration {text!r}: it must be a positive time such as 90s or 10m")
+    return seconds
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file: top-level keys and/or [model] / [train] tables; returns a flat dict."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {str(p)!r} not found: pass an existing .toml file to --config")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_known(keys: dict[str, Any], where: str) -> None:
+    known = set(field_names(ModelConfig)) | set(field_names(TrainConfig)) | {"preset"}
+    unknown = sorted(set(keys) - known)
+    if unknown:
+        raise UsageError(f"unknown setting {unknown[0]!r} in {where}; see `gptkit train --help` for names")
+
+
+def _apply(model: dict[str, Any], train: dict[str, Any], values: dict[str, Any]) -> None:
+    mnames, tnames = set(field_names(ModelConfig)), set(field_names(TrainConfig))
+    for key, value in values.items():
+        if value is None or key == "preset":
+            continue
+        if key == "vocab_size":  # a user's vocab_size is the bpe target; the model's comes from the tokenizer
+            train[key] = value
+        elif key in mnames:
+            model[key] = value
+        elif key in tnames:
+            train[key] = value
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """Merge defaults < preset < config file < overrides (None values are ignored), then validate."""
+    file_values = load_toml(config_file) if config_file else {}
+    _check_known(file_values, f"config file {str(config_file)!r}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_known(overrides, "overrides")
+    name = overrides.get("preset") or preset or file_values.get("preset") or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    _apply(model, train, PRESETS[name]["model"])
+    _apply(model, train, PRESETS[name]["train"])
+    _apply(model, train, file_values)
+    _apply(model, train, overrides)
+    if "max_time" in train and train["max_time"] is not None:
+        train["max_time"] = parse_duration(train["max_time"])
+    mc = _build(ModelConfig, model)
+    tc = _build(TrainConfig, train)
+    validate(mc, tc)
+    return mc, tc
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _coerce(f, values[f.name])
+    return cls(**kwargs)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Check a value from a TOML file or flag against the field's declared type."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    flag = "--" + f.name.replace("_", "-")
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{flag} must be a whole number, got {value!r}")
+    elif kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{flag} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise UsageError(f"{flag} must be true or false, got {value!r}")
+    elif kind == "str":
+        value = str(value)
+    return value
+
+
+def validate(mc: ModelConfig, tc: TrainConfig) -> None:
+    """Reject values that cannot work, with one line naming the flag."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UsageError(msg)
+
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        need(getattr(mc, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(mc, name)}")
+    need(mc.vocab_size >= 0, f"--vocab-size must be positive, got {mc.vocab_size}")
+    need(mc.n_embd % mc.n_head == 0, f"--n-embd ({mc.n_embd}) must be a multiple of --n-head ({mc.n_head})")
+    need(mc.pos_encoding != "rope" or mc.head_dim % 2 == 0, "rope needs an even head size (n_embd / n_head)")
+    need(0.0 <= mc.dropout < 1.0, f"--dropout must be in [0, 1), got {mc.dropout}")
+    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
+        v = getattr(tc, name)
+        need(v > 0, f"--{name.replace('_', '-')} must be positive, got {v}")
+    need(tc.warmup_iters >= 0, f"--warmup-iters must be 0 or more, got {tc.warmup_iters}")
+    need(0.0 < tc.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {tc.val_fraction}")
+    need(tc.learning_rate > 0, f"--learning-rate must be positive, got {tc.learning_rate}")
+    need(0 <= tc.min_lr <= tc.learning_rate, f"--min-lr must be in [0, learning rate], got {tc.min_lr}")
+    need(tc.weight_decay >= 0, f"--weight-decay must be 0 or more, got {tc.weight_decay}")
+    need(0 <= tc.beta1 < 1 and 0 <= tc.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+    need(tc.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {tc.grad_clip}")
+    need(tc.vocab_size is None or tc.vocab_size >= 256,
+         f"--vocab-size must be at least 256 for bpe (the 256 byte tokens), got {tc.vocab_size}")
+    for obj in (mc, tc):
+        for name, choices in _CHOICES.items():
+            if hasattr(obj, name):
+                v = getattr(obj, name)
+                need(v in choices, f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {v!r}")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config from checkpoint metadata; keys from newer versions are ignored."""
+    names = set(field_names(cls))
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+__all__ = [
+    "ModelConfig", "TrainConfig", "SampleConfig", "PRESETS", "DEFAULT_PRESET",
+    "parse_duration", "load_toml", "resolve_config", "validate", "to_dict", "from_dict",
+]

@@ -1,0 +1,164 @@
+"""Text -> token arrays on disk, the train/validation split, and random batches.
+
+Owns the dataset folder format shared by `gptkit train FILE.txt` (cached under the run) and
+`gptkit tokenize FILE --out DIR`:
+
+    DIR/train.bin  DIR/val.bin   raw little-endian token ids (uint16 when the vocabulary fits, else uint32)
+    DIR/meta.json                tokenizer (complete), dtype, token and character counts, source and its sha256
+
+Validation is the *last* `val_fraction` of the text, cut at a line boundary, so a held-out score
+measures text the model never saw. It does not train models or choose devices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptkit.corpus import Source
+from gptkit.errors import InputError
+from gptkit.fsio import atomic_write_bytes
+from gptkit.tokenizer import Tokenizer, build_tokenizer, tokenizer_from_dict
+
+DATASET_FORMAT = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def split_point(text: str, val_fraction: float) -> int:
+    """Index where validation starts: at val_fraction from the end, moved to the next line start."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    nl = text.find("\n", cut)
+    if nl != -1 and nl + 1 < len(text):
+        return nl + 1
+    return cut
+
+
+@dataclass
+class TokenDataset:
+    """A dataset folder, memory-mapped: train/val token arrays plus meta.json."""
+
+    path: Path
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return tokenizer_from_dict(self.meta["tokenizer"])
+
+    @property
+    def val_tokens_per_char(self) -> float:
+        """Converts nats/token into nats/char, so runs with different tokenizers compare."""
+        return self.meta["val_tokens"] / max(1, self.meta["val_chars"])
+
+
+def write_dataset(out_dir: Path, tokenizer: Tokenizer, train_ids: np.ndarray, val_ids: np.ndarray,
+                  meta_extra: dict[str, Any]) -> TokenDataset:
+    """Write train.bin, val.bin, then meta.json last: a folder with meta.json is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    meta_path = out_dir / "meta.json"
+    if meta_path.exists():
+        meta_path.unlink()  # the folder is incomplete until the new meta.json lands
+    atomic_write_bytes(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
+    atomic_write_bytes(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
+    meta = {
+        "format": DATASET_FORMAT,
+        "dtype": dtype.name,
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        **meta_extra,
+        "tokenizer": tokenizer.to_dict(),
+    }
+    atomic_write_bytes(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    return load_dataset(out_dir)
+
+
+def load_dataset(path: str | Path) -> TokenDataset:
+    p = Path(path)
+    meta_path = p / "meta.json"
+    if not meta_path.is_file():
+        raise InputError(f"{str(p)!r} is not a dataset folder (no meta.json); build one with `gptkit tokenize FILE --out DIR`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        arrays = [np.memmap(p / f"{s}.bin", dtype=dtype, mode="r") if meta[f"{s}_tokens"] else np.zeros(0, dtype)
+                  for s in ("train", "val")]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"dataset folder {str(p)!r} is damaged ({e}); rebuild it with `gptkit tokenize`") from None
+    for name, arr in zip(("train", "val"), arrays, strict=True):
+        if len(arr) != meta[f"{name}_tokens"]:
+            raise InputError(f"dataset folder {str(p)!r}: {name}.bin has {len(arr)} tokens, meta.json says "
+                             f"{meta[f'{name}_tokens']}; rebuild it with `gptkit tokenize`")
+    return TokenDataset(p, arrays[0], arrays[1], meta)
+
+
+def dataset_key(source: Source, tokenizer_name: str, vocab_size: int | None, val_fraction: float) -> dict[str, Any]:
+    """What a cached dataset must match to be reused."""
+    return {"source_sha256": source.sha256, "tokenizer_name": tokenizer_name,
+            "bpe_vocab_size": vocab_size, "val_fraction": val_fraction}
+
+
+def prepare_dataset(source: Source, tokenizer_name: str, vocab_size: int | None, val_fraction: float,
+                    out_dir: Path, tokenizer: Tokenizer | None = None) -> TokenDataset:
+    """Tokenize `source` once into out_dir, or reuse what is there if it was built the same way.
+
+    `tokenizer`, when given (fine-tuning, resuming), is used as is instead of building one.
+    """
+    key = dataset_key(source, tokenizer_name, vocab_size, val_fraction)
+    if tokenizer is not None:
+        key["tokenizer_fingerprint"] = tokenizer.fingerprint()
+    if (out_dir / "meta.json").is_file():
+        try:
+            ds = load_dataset(out_dir)
+            if ds.meta.get("key") == key:
+                return ds
+        except InputError:
+            pass  # damaged cache: rebuild below
+    text = source.text
+    cut = split_point(text, val_fraction)
+    train_text, val_text = text[:cut], text[cut:]
+    if tokenizer is None:
+        # char: the vocabulary must cover validation too; bpe: merges learnt from training text only
+        tok_text = text if tokenizer_name == "char" else train_text
+        tokenizer = build_tokenizer(tokenizer_name, text=tok_text, vocab_size=vocab_size)
+    train_ids, val_ids = tokenizer.encode_batch([train_text, val_text])
+    extra = {
+        "key": key,
+        "source": {"path": source.path, "origin": source.origin, "sha256": source.sha256, "bytes": source.n_bytes},
+        "val_fraction": val_fraction,
+        "train_chars": len(train_text),
+        "val_chars": len(val_text),
+    }
+    return write_dataset(out_dir, tokenizer, np.array(train_ids), np.array(val_ids), extra)
+
+
+def check_lengths(ds: TokenDataset, block_size: int) -> None:
+    for name, arr in (("training", ds.train), ("validation", ds.val)):
+        if len(arr) < block_size + 1:
+            raise InputError(
+                f"the {name} split has {len(arr)} tokens but --block-size {block_size} needs at least {block_size + 1}; "
+                "use more text, a smaller --block-size, or a different --val-fraction"
+            )
+
+
+def get_batch(arr: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator,
+              shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """Random windows: x = tokens[i:i+T], y = tokens[i+1:i+T+1], each (B, T) int64.
+
+    The generator draws offsets for the global batch (batch_size x world); rank r of w keeps rows
+    [r*B, (r+1)*B), so N processes see exactly the batch one process would with N times the rows.
+    """
+    rank, world = shard
+    ix = rng.integers(0, len(arr) - block_size, size=batch_size * world)
+    ix = ix[rank * batch_size:(rank + 1) * batch_size]
+    x = np.stack([arr[i:i + block_size] for i in ix]).astype(np.int64)
+    y = np.stack([arr[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64)
+    return x, y

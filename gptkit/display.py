@@ -1,0 +1,114 @@
+"""Rendering: training progress on stderr, streamed text on stdout.
+
+Owns how things look: a rich progress view when stderr is a terminal, plain log lines otherwise
+(so logs in files and CI stay readable), and the incremental UTF-8 writer that streams generated
+bytes to stdout without ever printing a broken character. It computes nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import sys
+import time
+from typing import IO, Any
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class TrainView:
+    """Callback for train(): a rich progress bar on a terminal, one line per eval/step interval otherwise."""
+
+    def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.log_every = log_every
+        self.quiet = quiet
+        self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        self.progress = None
+        self.task = None
+        self.last_eval = ""
+        self.started = time.time()
+
+    def _line(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        if self.quiet and e["event"] != "done":
+            return
+        kind = e["event"]
+        if kind == "start":
+            self._start(e)
+        elif kind == "step":
+            self._step(e)
+        elif kind == "eval":
+            self.last_eval = f"val {e['val_loss']:.4f} ({e['val_bpc']:.3f} bits/char)"
+            self._line(f"step {e['step']:>6} | train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f} "
+                       f"| {e['val_bpc']:.3f} bits/char | {_fmt_time(e['elapsed'])}{'  *best' if e['best'] else ''}")
+        elif kind == "done":
+            self.close()
+
+    def _start(self, e: dict[str, Any]) -> None:
+        what = "resuming" if e["resumed"] else "training"
+        budget = f"{e['max_iters']} steps" + (f" or {_fmt_time(e['max_time'])}" if e.get("max_time") else "")
+        self._line(f"{what} {e['params'] / 1e6:.2f}M parameters on {e['device']} ({e['dtype']}"
+                   f"{', ' + str(e['world_size']) + ' processes' if e['world_size'] > 1 else ''}) | "
+                   f"tokenizer {e['tokenizer']} ({e['vocab_size']} ids) | {e['train_tokens']:,} train / "
+                   f"{e['val_tokens']:,} val tokens | {budget}")
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("step {task.completed:>6.0f}"), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=Console(file=self.stream), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=e["max_iters"], completed=e["step"], info="")
+
+    def _step(self, e: dict[str, Any]) -> None:
+        info = (f"loss {e['loss']:.4f} | lr {e['lr']:.2e} | {e['tokens_per_sec']:,.0f} tok/s | "
+                f"grad {e['grad_norm']:.2f}")
+        if self.progress is not None:
+            total = e["max_iters"]
+            if e.get("max_time"):  # show time-bounded runs by the fraction of whichever budget is nearer
+                total = min(total, max(e["step"], int(e["step"] * e["max_time"] / max(e["elapsed"], 1e-9))))
+            self.progress.update(self.task, completed=e["step"], total=total, info=info)
+        elif e["step"] % self.log_every == 0:
+            self._line(f"step {e['step']:>6} | {info} | {_fmt_time(e['elapsed'])}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class Utf8Stream:
+    """Write raw token bytes to a text stream as UTF-8, holding back an incomplete character
+    until its last byte arrives, flushing after every write (pipes see text as it is made)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes) -> str:
+        text = self.decoder.decode(data)
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+        return text
+
+    def finish(self) -> str:
+        text = self.decoder.decode(b"", final=True)
+        if text:
+            self.stream.write(text)
+        self.stream.flush()
+        return text

@@ -1,0 +1,58 @@
+"""Atomic file writes: a temporary file in the same folder, flushed and fsynced, then `os.replace`d.
+
+Owns the one rule that keeps data safe: a reader sees the old file or the new one, never half of
+either, and a crash leaves at worst a stray `.NAME.tmp-PID` file that later writes clean up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{os.getpid()}"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp) to fill a temporary file, then make it `path` in one step."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would have given
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove temporary files left by a writer that was killed (they never replaced a good file)."""
+    for p in folder.glob(".*.tmp-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # raises if no such process: the writer is gone
+        except (ValueError, ProcessLookupError):
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process: leave its file alone

@@ -1,0 +1,138 @@
+"""Where and how the model runs: device, precision, seeding, torch.compile, torch.distributed.
+
+Owns every decision that depends on the hardware, each behind one named function, so the
+training and sampling code read the same on CPU, CUDA and MPS. Nothing here runs at import time:
+no CUDA queries and no `torch.set_*` until a function is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gptkit.errors import UsageError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: cuda > mps > cpu. An explicit device that is not available is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matmuls (AVX-512 BF16 / AMX), where bf16 is a real speed-up."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype. auto: bf16 on GPUs that support it (fp16 on older ones), fp32 elsewhere."""
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name != "auto":
+        if name == "float16" and device.type == "cpu":
+            raise UsageError("--dtype float16 is for GPUs; on CPU use bfloat16 or float32")
+        return table[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the forward pass; weights, optimizer state and the loss stay fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_fast_math(device: torch.device) -> None:
+    """TF32 matmuls on Ampere+ GPUs (a free ~2x on fp32 matmuls there)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def want_compile(setting: str, device: torch.device) -> bool:
+    """auto compiles on CUDA only: on this class of CPU the gain is small and compiling costs ~20 s."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return device.type == "cuda"
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    return torch.compile(model)  # inductor; works on CPU (needs a C compiler) and CUDA
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DistInfo:
+    """Process layout under torchrun; a plain run is rank 0 of world 1."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Initialise torch.distributed when torchrun launched us: NCCL on GPU, gloo on CPU."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo(), pick_device(device_name)
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return info, device
+
+
+def teardown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

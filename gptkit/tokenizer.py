@@ -1,0 +1,466 @@
+"""Tokenizers: one `Tokenizer` interface over char, byte, trained BPE and tiktoken encodings.
+
+Owns: turning text into token ids and back (`encode`, `decode`, raw `decode_bytes` for incremental
+UTF-8 streaming), training a byte-level BPE with rustbpe (encoded with tiktoken, as nanochat does),
+loading tiktoken's named encodings strictly offline, and a complete JSON form (`to_dict`) so a
+checkpoint carries its tokenizer and rebuilds it with no network and no files.
+
+Kinds:
+- ``char``  — the sorted distinct characters of the training text; unknown characters are an error.
+- ``byte``  — the 256 UTF-8 byte values.
+- ``bpe``   — byte-level BPE trained on the text by rustbpe (GPT-4 split pattern), encoded by tiktoken.
+- ``tiktoken`` — a named encoding (``gpt2``, ``cl100k_base``, ...), read from ``TIKTOKEN_CACHE_DIR``.
+
+Does not: download anything (a named encoding whose file is not cached is a `TokenizerError`),
+add special tokens to text (``<|endoftext|>`` inside text is just text), cache token arrays
+(that is `data.py`), or import torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import numbers
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gptkit.errors import TokenizerError
+
+if TYPE_CHECKING:  # tiktoken is imported lazily at run time
+    import tiktoken
+
+TOKENIZER_KINDS: tuple[str, ...] = ("char", "byte", "bpe")
+DEFAULT_BPE_VOCAB_SIZE = 1024  # used when build_tokenizer("bpe", text) gets vocab_size=None
+FORMAT_VERSION = 1  # version of the to_dict() layout
+
+_BLOB = "https://openaipublic.blob.core.windows.net"
+# The files tiktoken fetches for each named encoding, with the sha256 it pins (copied from
+# tiktoken_ext/openai_public.py; tests check the two agree). We look for them in the cache
+# ourselves so that a missing file is one clear error instead of a network attempt.
+_TIKTOKEN_FILES: dict[str, tuple[tuple[str, str], ...]] = {
+    "gpt2": (
+        (f"{_BLOB}/gpt-2/encodings/main/vocab.bpe",
+         "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+        (f"{_BLOB}/gpt-2/encodings/main/encoder.json",
+         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    ),
+    "r50k_base": ((f"{_BLOB}/encodings/r50k_base.tiktoken",
+                   "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"),),
+    "p50k_base": ((f"{_BLOB}/encodings/p50k_base.tiktoken",
+                   "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),),
+    "p50k_edit": ((f"{_BLOB}/encodings/p50k_base.tiktoken",
+                   "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),),
+    "cl100k_base": ((f"{_BLOB}/encodings/cl100k_base.tiktoken",
+                     "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),),
+    "o200k_base": ((f"{_BLOB}/encodings/o200k_base.tiktoken",
+                    "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),),
+    "o200k_harmony": ((f"{_BLOB}/encodings/o200k_base.tiktoken",
+                       "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),),
+}
+TIKTOKEN_NAMES: tuple[str, ...] = tuple(_TIKTOKEN_FILES)
+TOKENIZER_NAMES: tuple[str, ...] = TOKENIZER_KINDS + TIKTOKEN_NAMES  # every name build_tokenizer takes
+_EOT = "<|endoftext|>"
+
+
+def _bad_id(token_id: Any, vocab_size: int) -> TokenizerError:
+    return TokenizerError(
+        f"token id {token_id!r} is not in this tokenizer (vocab_size {vocab_size}); "
+        "decode ids produced with the same tokenizer"
+    )
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. Subclasses set `kind`, `name`, `vocab_size` and `eot_id`."""
+
+    kind: str  # "char" | "byte" | "bpe" | "tiktoken"
+    name: str  # display name: "char", "byte", "bpe", or the encoding name, e.g. "gpt2"
+    vocab_size: int  # number of ids the model must embed (ids are 0..vocab_size-1)
+    eot_id: int | None  # end-of-text id, None if the tokenizer has none
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no special tokens are recognised)."""
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` applied to each text."""
+        return [self.encode(t) for t in texts]
+
+    @abstractmethod
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """Raw bytes of `ids`; may end mid-character (feed an incremental UTF-8 decoder)."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`; invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    @abstractmethod
+    def token_bytes(self, token_id: int) -> bytes:
+        """Bytes of one token."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Complete JSON-serialisable description; `tokenizer_from_dict` rebuilds it offline."""
+
+    def fingerprint(self) -> str:
+        """Short sha256 hex (16 digits) of the canonical JSON of `to_dict()` (a cache key)."""
+        cached: str | None = self.__dict__.get("_fingerprint")
+        if cached is None:  # tokenizers never change after construction, so compute once
+            canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+            cached = hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+            self.__dict__["_fingerprint"] = cached
+        return cached
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} vocab_size={self.vocab_size}>"
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character of a fixed alphabet (the sorted distinct characters of the text)."""
+
+    kind = "char"
+    name = "char"
+    eot_id = None
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise TokenizerError(
+                "a char tokenizer needs a non-empty string of distinct characters; rebuild it from text"
+            )
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self._stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls("".join(sorted(set(text))))
+
+    def encode(self, text: str) -> list[int]:
+        stoi = self._stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted(set(text) - stoi.keys())
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise TokenizerError(
+                f"text has {len(unknown)} character(s) not in the char vocabulary ({shown}{more}); "
+                "use --tokenizer byte or bpe, which encode any text"
+            ) from None
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return "".join(self._char(i) for i in ids).encode("utf-8", errors="surrogatepass")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self._char(i) for i in ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._char(token_id).encode("utf-8", errors="surrogatepass")
+
+    def _char(self, i: int) -> str:
+        if not 0 <= i < self.vocab_size:
+            raise _bad_id(i, self.vocab_size)
+        return self.chars[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "kind": self.kind, "name": self.name, "chars": self.chars}
+
+
+class ByteTokenizer(Tokenizer):
+    """The 256 byte values of the text's UTF-8 encoding."""
+
+    kind = "byte"
+    name = "byte"
+    vocab_size = 256
+    eot_id = None
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return list(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise TokenizerError(
+                f"text is not valid Unicode at character {e.start} ({text[e.start]!r}); "
+                "read the file as UTF-8 without surrogateescape"
+            ) from None
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        try:
+            # list() first: bytes() of a numpy array would copy its raw int64 buffer instead
+            return bytes(ids if isinstance(ids, list) else list(ids))
+        except (ValueError, TypeError):
+            bad = next((i for i in ids if not (isinstance(i, int) and 0 <= i < 256)), ids)
+            raise _bad_id(bad, 256) from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.decode_bytes([token_id])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_VERSION, "kind": self.kind, "name": self.name}
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken `Encoding` built from explicit ranks: a trained ``bpe`` or a named encoding."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        pat_str: str,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
+    ) -> None:
+        import tiktoken
+
+        assert kind in ("bpe", "tiktoken")
+        self.kind = kind
+        self.name = name
+        self.pat_str = pat_str
+        self.mergeable_ranks = mergeable_ranks
+        self.special_tokens = dict(special_tokens)
+        # "gptkit-" keeps these apart from tiktoken's own registry of named encodings.
+        self.enc: tiktoken.Encoding = tiktoken.Encoding(
+            f"gptkit-{name}",
+            pat_str=pat_str,
+            mergeable_ranks=mergeable_ranks,
+            special_tokens=self.special_tokens,
+        )
+        self.vocab_size = self.enc.n_vocab
+        self.eot_id = self.special_tokens.get(_EOT)
+        self._ranks_b64: list[str] | None = None  # to_dict's encoded ranks, computed once
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts)  # multi-threaded in tiktoken
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        try:
+            return self.enc.decode_bytes(ids)
+        except (KeyError, OverflowError, TypeError):
+            bad = next((i for i in ids if not self._known(i)), ids)
+            raise _bad_id(bad, self.vocab_size) from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        try:
+            return self.enc.decode_single_token_bytes(token_id)
+        except (KeyError, OverflowError, TypeError):
+            raise _bad_id(token_id, self.vocab_size) from None
+
+    def _known(self, token_id: Any) -> bool:
+        try:
+            self.enc.decode_single_token_bytes(token_id)
+        except (KeyError, OverflowError, TypeError):
+            return False
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        if self._ranks_b64 is None:
+            # Ranks are 0..n-1 (checked in tokenizer_from_dict), so the list index is the rank.
+            by_rank = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
+            assert all(rank == i for i, (_, rank) in enumerate(by_rank)), "ranks not contiguous"
+            self._ranks_b64 = [base64.b64encode(tok).decode("ascii") for tok, _ in by_rank]
+        return {
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "pat_str": self.pat_str,
+            "mergeable_ranks": list(self._ranks_b64),  # base64 token bytes, index = rank
+            "special_tokens": dict(self.special_tokens),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build_tokenizer(name: str, text: str | None = None, vocab_size: int | None = None) -> Tokenizer:
+    """Build a tokenizer by name: "char" and "bpe" learn from `text`; "byte" and tiktoken names don't.
+
+    `vocab_size` is only used by "bpe" (default 1024 when None; at least 256) and ignored otherwise.
+    A trained BPE can end up smaller than asked when the text has too few distinct pairs.
+    """
+    if name == "byte":
+        return ByteTokenizer()
+    if name == "char":
+        if not text:
+            raise TokenizerError("the char tokenizer needs training text; pass a non-empty text file")
+        return CharTokenizer.from_text(text)
+    if name == "bpe":
+        if not text:
+            raise TokenizerError("the bpe tokenizer needs training text; pass a non-empty text file")
+        return train_bpe(text, DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
+    if name in _TIKTOKEN_FILES:
+        return load_tiktoken(name)
+    raise TokenizerError(
+        f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZER_NAMES)}"
+    )
+
+
+def _chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, cut after newlines (rustbpe trains in parallel)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def train_bpe(text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> TiktokenTokenizer:
+    """Train a byte-level BPE on `text` with rustbpe; encode with tiktoken."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 256:
+        # Checked here because rustbpe panics below 256 (the byte alphabet).
+        raise TokenizerError(
+            f"bpe vocab size must be an integer of at least 256 (the byte values), got {vocab_size!r}; "
+            "pass e.g. --vocab-size 1024"
+        )
+    import rustbpe
+
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(_chunks(text), int(vocab_size))
+    ranks = {bytes(tok): rank for tok, rank in trainer.get_mergeable_ranks()}
+    return TiktokenTokenizer("bpe", "bpe", trainer.get_pattern(), ranks, {})
+
+
+def _tiktoken_cache_dir() -> tuple[str, str]:
+    """(directory tiktoken reads its cache from, how it was chosen) — mirrors tiktoken.load."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"], "TIKTOKEN_CACHE_DIR"
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"], "DATA_GYM_CACHE_DIR (TIKTOKEN_CACHE_DIR unset)"
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache"), "default, TIKTOKEN_CACHE_DIR unset"
+
+
+def _check_tiktoken_cache(name: str) -> None:
+    """Raise unless every file `name` needs is cached with the right hash (else tiktoken downloads)."""
+    cache_dir, how = _tiktoken_cache_dir()
+    for url, sha256 in _TIKTOKEN_FILES[name]:
+        cache_file = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
+        where = f"cache file {cache_file} (folder from {how}; the file is {url})"
+        if not cache_dir or not os.path.isfile(cache_file):
+            raise TokenizerError(
+                f"tiktoken encoding {name!r} is not available offline: missing {where}; "
+                "set TIKTOKEN_CACHE_DIR to a folder holding it, or use byte, bpe or a cached encoding"
+            )
+        try:
+            data = Path(cache_file).read_bytes()
+        except OSError as e:
+            raise TokenizerError(f"cannot read {where}: {e.strerror}; check its permissions") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise TokenizerError(
+                f"tiktoken encoding {name!r}: {where} is corrupt (sha256 mismatch); "
+                "replace it with the original file"
+            )
+
+
+def load_tiktoken(name: str) -> TiktokenTokenizer:
+    """A tiktoken named encoding, read offline from the tiktoken cache (never downloaded)."""
+    if name not in _TIKTOKEN_FILES:
+        raise TokenizerError(
+            f"unknown tiktoken encoding {name!r}; choose one of: {', '.join(TIKTOKEN_NAMES)}"
+        )
+    _check_tiktoken_cache(name)
+    from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
+
+    try:
+        params = ENCODING_CONSTRUCTORS[name]()
+    # A race with the check above, or a tiktoken change: still one line, never a traceback.
+    except Exception as e:  # noqa: BLE001
+        raise TokenizerError(
+            f"tiktoken encoding {name!r} could not be loaded from TIKTOKEN_CACHE_DIR "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the cache folder"
+        ) from None
+    return TiktokenTokenizer(
+        "tiktoken", name, params["pat_str"], params["mergeable_ranks"], params["special_tokens"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from `Tokenizer.to_dict()` output, with no network and no files."""
+    if not isinstance(d, dict):
+        raise TokenizerError(f"tokenizer description must be a JSON object, got {type(d).__name__}")
+    kind = d.get("kind")
+    if d.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        raise TokenizerError(
+            f"tokenizer format {d.get('format')!r} is not supported (this gptkit reads "
+            f"{FORMAT_VERSION}); upgrade gptkit"
+        )
+    try:
+        if kind == "byte":
+            return ByteTokenizer()
+        if kind == "char":
+            chars = d["chars"]
+            if not isinstance(chars, str):
+                raise TypeError("chars must be a string")
+            return CharTokenizer(chars)
+        if kind in ("bpe", "tiktoken"):
+            name, pat_str = d["name"], d["pat_str"]
+            ranks_b64, specials = d["mergeable_ranks"], d["special_tokens"]
+            if not (isinstance(name, str) and isinstance(pat_str, str) and isinstance(ranks_b64, list)
+                    and isinstance(specials, dict) and ranks_b64):
+                raise TypeError("bad field types")
+            ranks = {base64.b64decode(t, validate=True): i for i, t in enumerate(ranks_b64)}
+            if len(ranks) != len(ranks_b64):
+                raise ValueError("duplicate tokens in mergeable_ranks")
+            if not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
+                raise TypeError("bad special_tokens")
+            # tiktoken panics (a Rust PanicException, not an Exception) on these: reject them here.
+            if any(bytes([b]) not in ranks for b in range(256)):
+                raise ValueError("mergeable_ranks lacks some single bytes")
+            ids = list(specials.values())
+            if len(set(ids)) != len(ids) or any(i < len(ranks) for i in ids):
+                raise ValueError("special token ids must be distinct and above the ranks")
+            return TiktokenTokenizer(kind, name, pat_str, ranks, specials)
+    except TokenizerError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any malformed field is the same user error)
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise TokenizerError(
+            f"invalid {kind} tokenizer description ({type(e).__name__}: {detail}); "
+            "rebuild the tokenizer or use an intact checkpoint"
+        ) from None
+    raise TokenizerError(
+        f"unknown tokenizer kind {kind!r} in tokenizer description; expected one of: "
+        "char, byte, bpe, tiktoken"
+    )
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
+    """Write `tok.to_dict()` as JSON to `path` (atomically: temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(tok.to_dict(), f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TokenizerError(f"cannot write tokenizer file {path}: {e.strerror}; check the folder") from None
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """Read a tokenizer written by `save_tokenizer`."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer file {path} not found; check the path") from None
+    except OSError as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {e.strerror}") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise TokenizerError(
+            f"tokenizer file {path} is not valid JSON ({str(e).splitlines()[0]}); "
+            "save it again with save_tokenizer"
+        ) from None
+    return tokenizer_from_dict(d)

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real corpora in ../shared/data, offline tiktoken, one small model trained
+for real once per test session (and its checkpoint), and a CLI runner in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SHAKESPEARE = DATA / "tinyshakespeare.txt"
+KOREAN = DATA / "korean" / "koconovel.txt"
+ENGLISH = DATA / "english" / "pride_and_prejudice.txt"
+os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA / "tiktoken")  # gpt2 / cl100k_base load offline
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m gptkit ARGS` as a user would, capturing stdout and stderr as text."""
+    full_env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gptkit", *args], cwd=cwd, env=full_env, input=input,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user error: non-zero exit, exactly one `error: ...` line on stderr, no traceback."""
+    assert proc.returncode != 0, proc
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def korean_text() -> str:
+    return KOREAN.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A 4-layer char model trained for real on tinyshakespeare (about 20 s): the shared checkpoint."""
+    from gptkit.config import resolve_config
+    from gptkit.train import train
+
+    store = tmp_path_factory.mktemp("store")
+    mc, tc = resolve_config("tiny", None, dict(max_iters=400, eval_interval=200, eval_iters=20, block_size=64))
+    events: list[dict] = []
+    result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
+    return {"store": store, "run_dir": store / "shakespeare", "result": result, "events": events}

@@ -1,0 +1,111 @@
+"""The safetensors store: bit-identical round trips, atomic writes, and damaged files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+from gptkit import checkpoint
+from gptkit.errors import CheckpointError
+from gptkit.tokenizer import tokenizer_from_dict
+
+
+def test_load_is_bit_identical_and_tied(trained_run):
+    run = trained_run["run_dir"]
+    model, tok, info = checkpoint.load_for_inference(run / checkpoint.LAST)
+    again, _, _ = checkpoint.load_for_inference(run / checkpoint.LAST)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert "model.lm_head.weight" not in info.tensors  # the tied matrix is stored once
+    assert tok.kind == "char" and tok.vocab_size == 65
+
+
+def test_save_then_load_exact(tmp_path, trained_run):
+    model, _, info = checkpoint.load_for_inference(trained_run["run_dir"] / checkpoint.LAST)
+    out = checkpoint.save(tmp_path / "copy.safetensors", model, {k: info.meta[k] for k in ("model_config", "tokenizer")})
+    copy, _, _ = checkpoint.load_for_inference(out)
+    x = torch.randint(0, 65, (2, 32))
+    assert torch.equal(model(x)[0], copy(x)[0])
+
+
+def test_metadata_rebuilds_the_tokenizer_offline(trained_run, shakespeare_text):
+    info = checkpoint.read_info(trained_run["run_dir"] / checkpoint.LAST)
+    tok = tokenizer_from_dict(info.meta["tokenizer"])
+    sample = shakespeare_text[:2000]
+    assert tok.decode(tok.encode(sample)) == sample
+    st = info.state
+    assert st["step"] == 400 and st["val_loss"] > 0 and "numpy" in st["rng"]
+    assert info.meta["train_config"]["max_iters"] == 400
+    assert any(k.startswith("optim.") and k.endswith(".exp_avg") for k in info.tensors)
+
+
+def test_resolve_run_names_and_newest(trained_run):
+    store = trained_run["store"]
+    assert checkpoint.resolve("shakespeare", store) == trained_run["run_dir"] / checkpoint.BEST
+    assert checkpoint.resolve(None, store).parent == trained_run["run_dir"]
+    with pytest.raises(CheckpointError, match="shakespeare"):  # the error lists what exists
+        checkpoint.resolve("nope", store)
+
+
+def test_failed_write_leaves_the_old_checkpoint(tmp_path, trained_run, monkeypatch):
+    model, _, info = checkpoint.load_for_inference(trained_run["run_dir"] / checkpoint.LAST)
+    meta = {k: info.meta[k] for k in ("model_config", "tokenizer")}
+    target = checkpoint.save(tmp_path / "last.safetensors", model, meta)
+    before = target.read_bytes()
+    import safetensors.torch
+
+    def half_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    with pytest.raises(CheckpointError, match="unchanged"):
+        checkpoint.save(target, model, meta)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left
+
+
+def _header_bytes(path):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return data, n
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate", "truncated"),
+    ("header", "corrupted"),
+    ("pickle", "not a valid safetensors"),
+    ("newer", "newer"),
+    ("nometa", "lacks metadata"),
+    ("empty", "too short"),
+])
+def test_damaged_checkpoints_raise_one_clear_error(tmp_path, trained_run, damage, needle):
+    src = trained_run["run_dir"] / checkpoint.BEST
+    data, n = _header_bytes(src)
+    bad = tmp_path / "bad.safetensors"
+    header = json.loads(data[8:8 + n])
+    if damage == "truncate":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "header":
+        bad.write_bytes(data[:8] + b"\xff\xfe" + data[10:])
+    elif damage == "pickle":
+        bad.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle stream's opening bytes
+    elif damage in ("newer", "nometa"):
+        if damage == "newer":
+            header["__metadata__"]["format_version"] = "99"
+        else:
+            del header["__metadata__"]["tokenizer"]
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        bad.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=needle):
+        model, _, _ = checkpoint.load_for_inference(bad)

@@ -1,0 +1,77 @@
+"""The command line as a user meets it: train then sample, one-line errors, a torch-free --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from gptkit.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert 'numpy' not in sys.modules, 'numpy imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in proc.stdout and "sample" in proc.stdout and "--n-layer" in proc.stdout
+    assert run_cli("--version").stdout.startswith("gptkit ")
+
+
+def test_train_then_sample_end_to_end(tmp_path):
+    proc = run_cli("train", str(SHAKESPEARE), "--max-iters", "60", "--eval-interval", "30", "--eval-iters", "5",
+                   "--n-layer", "2", "--n-embd", "64", "--block-size", "32", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # progress goes to stderr; stdout is for product output
+    assert "val loss" in proc.stderr and "bits/char" in proc.stderr
+    assert (tmp_path / "checkpoints" / "tinyshakespeare" / "last.safetensors").is_file()
+    out = run_cli("sample", "--prompt", "ROMEO:", "-n", "40", "--seed", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > 30
+    assert out.stderr == ""
+    # a second train of the same file does not overwrite the first run
+    again = run_cli("train", str(SHAKESPEARE), "--max-iters", "5", "--eval-iters", "2", "--n-layer", "1",
+                    "--n-embd", "32", "--block-size", "16", "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "checkpoints" / "tinyshakespeare-2" / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n\n", b"\xff\xfe\x00bad", b"abc\xc3\x28def"])
+def test_bad_training_files(tmp_path, content):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    proc = run_cli("train", str(f), cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert not (tmp_path / "checkpoints" / "bad" / "last.safetensors").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "missing.txt"], "does not exist"),
+    (["train", str(SHAKESPEARE), "--preset", "huge"], "unknown preset"),
+    (["train", str(SHAKESPEARE), "--max-time", "soon"], "duration"),
+    (["train", str(SHAKESPEARE), "--max-iters", "abc"], "max-iters"),
+    (["train", str(SHAKESPEARE), "--n-embd", "100", "--n-head", "3"], "multiple"),
+    (["train", str(SHAKESPEARE), "--tokenizer", "nope"], "nope"),
+    (["train", str(SHAKESPEARE), "--block-size", "2000000"], "block-size"),
+    (["sample", "--temperature", "-1"], "temperature"),
+    (["sample"], "no runs"),
+    (["sample", "-c", "ghost"], "ghost"),
+    (["bogus"], "bogus"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, needle):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), needle)
+
+
+def test_non_utf8_error_names_the_byte_offset(tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    assert_one_line_error(run_cli("train", str(f), cwd=tmp_path), "byte offset 3")
+
+
+def test_korean_prompt_on_a_char_model_without_hangul(tmp_path, trained_run):
+    proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt", "안녕", cwd=tmp_path)
+    assert_one_line_error(proc, "안")

@@ -1,0 +1,63 @@
+"""Reading training text: validation of bad files, the built-in corpus, downloads."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from gptkit.corpus import builtin_corpus, download, load_source, read_text
+from gptkit.errors import InputError
+
+
+def test_reads_korean_exactly(korean_text):
+    from tests.conftest import KOREAN
+
+    assert read_text(KOREAN) == korean_text
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"  \n\t \n", "empty"),
+    (b"\x00\x01\x02binary\x00", "binary"),
+    ("좋은 아침".encode() + b"\xff\xfe rest", "byte offset 13"),
+])
+def test_bad_files_get_one_clear_error(tmp_path, content, needle):
+    f = tmp_path / "f.txt"
+    f.write_bytes(content)
+    with pytest.raises(InputError, match=needle):
+        read_text(f)
+
+
+def test_missing_path_and_directory(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_text(tmp_path / "nope.txt")
+    with pytest.raises(InputError, match="directory"):
+        read_text(tmp_path)
+
+
+def test_cp949_text_is_rejected_with_a_hint(tmp_path):
+    f = tmp_path / "k.txt"
+    f.write_bytes("안녕하세요".encode("cp949"))
+    with pytest.raises(InputError, match="iconv"):
+        read_text(f)
+
+
+def test_builtin_corpus_is_real_text_and_cached(tmp_path):
+    p = builtin_corpus(tmp_path)
+    text = p.read_text(encoding="utf-8")
+    assert len(text) > 500_000
+    assert "Return" in text and "\n\n" in text
+    mtime = p.stat().st_mtime_ns
+    assert builtin_corpus(tmp_path) == p and p.stat().st_mtime_ns == mtime  # built once
+    src = load_source(None, tmp_path)
+    assert src.origin == "builtin" and src.text == text and len(src.sha256) == 64
+
+
+def test_download_offline_is_one_clear_error(tmp_path):
+    with socket.socket() as s:  # a port on this machine with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="cannot download"):
+        download(f"http://127.0.0.1:{port}/input.txt", tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind

@@ -1,0 +1,97 @@
+"""The transformer itself: causality, SDPA vs the textbook path, KV cache, init, architecture switches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gptkit.config import ModelConfig
+from gptkit.model import GPT, KVCache, manual_attention
+
+SWITCHES = [dict(), dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
+            dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)]
+
+
+def small(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kw", SWITCHES)
+def test_causality_future_tokens_do_not_change_earlier_logits(kw):
+    model = small(**kw)
+    idx = torch.randint(0, 50, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = torch.randint(0, 50, (2, 8))
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.equal(a[:, :12], b[:, :12]) or torch.allclose(a[:, :12], b[:, :12], atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])  # and the later ones do change
+
+
+@pytest.mark.parametrize("kw", SWITCHES)
+def test_sdpa_and_manual_attention_agree(kw):
+    model = small(**kw)
+    idx = torch.randint(0, 50, (3, 24))
+    fast, _ = model(idx)
+    model.set_manual_attention(True)
+    slow, _ = model(idx)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+
+
+def test_manual_attention_weights_are_causal_and_normalised():
+    q, k, v = torch.randn(3, 1, 2, 7, 8).unbind(0)
+    _, w = manual_attention(q, k, v)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 2, 7))
+    assert torch.all(w.triu(diagonal=1) == 0)
+
+
+def test_textbook_attention_example():
+    """softmax(X·Xᵀ)·X with identity projections, no scaling, no mask (the classic 6-token example)."""
+    x = torch.tensor([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
+                      [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
+    ctx, _ = manual_attention(x, x, x, scale=1.0, causal=False)
+    assert torch.allclose(ctx[0], torch.tensor([0.4421, 0.5931, 0.5790]), atol=1e-4)
+    assert torch.allclose(ctx[-1], torch.tensor([0.4177, 0.6503, 0.5645]), atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", SWITCHES)
+def test_kv_cache_prefill_and_decode_equal_full_forward(kw):
+    model = small(**kw)
+    idx = torch.randint(0, 50, (2, 24))
+    full, _ = model(idx)
+    cache = KVCache(model.config, batch_size=2)
+    pre, _ = model(idx[:, :10], kv_cache=cache)
+    steps = [pre]
+    for t in range(10, 24):
+        logits, _ = model(idx[:, t:t + 1], kv_cache=cache)
+        steps.append(logits)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    # a chunk appended to a filled cache uses the shifted causal mask
+    cache.reset()
+    model(idx[:, :8], kv_cache=cache)
+    chunk, _ = model(idx[:, 8:16], kv_cache=cache)
+    assert torch.allclose(chunk, full[:, 8:16], atol=1e-5)
+
+
+def test_gpt2_init_and_weight_tying():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=8, n_head=4, n_embd=256, block_size=32, vocab_size=300)
+    model = GPT(cfg)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    proj = model.transformer.h[0].mlp.c_proj.weight
+    fc = model.transformer.h[0].mlp.c_fc.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(2 * 8)) < 0.001
+    assert abs(fc.std().item() - 0.02) < 0.001
+    assert torch.all(model.transformer.h[0].attn.c_attn.bias == 0)
+
+
+def test_loss_at_init_is_about_ln_vocab():
+    model = small()
+    idx, targets = torch.randint(0, 50, (2, 8, 24)).unbind(0)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(50)) < 0.2

@@ -1,0 +1,93 @@
+"""Training for real on tinyshakespeare: loss falls, checkpoints and metrics are written, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from gptkit import checkpoint
+from gptkit.config import resolve_config
+from gptkit.errors import TrainingError
+from gptkit.train import lr_at, train
+from tests.conftest import SHAKESPEARE
+
+
+def test_held_out_loss_falls_far_below_ln_vocab(trained_run):
+    result = trained_run["result"]
+    assert result.step == 400
+    assert result.val_loss < 0.65 * math.log(65)  # 4.17 at chance; a learning model is far below
+    assert result.val_bpc == pytest.approx(result.val_loss / math.log(2), rel=1e-6)  # char: 1 token = 1 char
+    evals = [e for e in trained_run["events"] if e["event"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+def test_metrics_jsonl_is_valid_json_lines(trained_run):
+    lines = (trained_run["run_dir"] / "metrics.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert {e["event"] for e in events} >= {"start", "eval", "done"}
+    assert (trained_run["run_dir"] / checkpoint.BEST).is_file()
+
+
+def test_warmup_then_cosine_schedule():
+    _, tc = resolve_config(None, None, dict(max_iters=1000, warmup_iters=100, learning_rate=1e-3, min_lr=1e-4))
+    assert lr_at(tc, 0, 0.0) < lr_at(tc, 50, 0.0) < lr_at(tc, 99, 0.0) <= 1e-3
+    assert lr_at(tc, 100, 0.0) == pytest.approx(1e-3)
+    assert lr_at(tc, 550, 0.5) == pytest.approx(5.5e-4)
+    assert lr_at(tc, 1000, 1.0) == pytest.approx(1e-4)
+
+
+def _tiny(**kw):
+    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_interval=10, eval_iters=2,
+                warmup_iters=5)
+    return resolve_config("tiny", None, {**base, **kw})
+
+
+def _weights(run_dir):
+    info = checkpoint.read_info(run_dir / checkpoint.LAST)
+    return checkpoint.load_tensors(info, "model."), checkpoint.load_tensors(info, "optim.")
+
+
+def interrupt_at(step: int):
+    """An event callback that presses Ctrl-C (SIGINT to ourselves) once `step` is done."""
+    def on_event(e):
+        if e["event"] == "step" and e["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return on_event
+
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    mc, tc = _tiny(max_iters=20)
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path)
+    first = train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(13))
+    assert first.interrupted and first.step == 13  # Ctrl-C finished the step, saved, and stopped
+    train(mc, tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True)
+    (a, oa), (b, ob) = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys() and oa.keys() == ob.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k in oa:
+        assert torch.equal(oa[k], ob[k]), k
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    mc, tc = _tiny(max_iters=10)
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "r", tmp_path)
+    before = (tmp_path / "r" / checkpoint.LAST).read_bytes()
+    import gptkit.model
+
+    original = gptkit.model.GPT.forward
+
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = original(self, idx, targets, **kw)
+        return logits, (loss * float("nan") if loss is not None and self.training else loss)
+
+    monkeypatch.setattr(gptkit.model.GPT, "forward", poisoned)
+    mc, tc = _tiny(max_iters=20)
+    with pytest.raises(TrainingError, match="nan"):
+        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True)
+    assert (tmp_path / "r" / checkpoint.LAST).read_bytes() == before
