@@ -1,0 +1,134 @@
+"""`gptkit inspect`: look inside a checkpoint and one forward pass, in the terminal or as JSON/SVG/HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from gptkit.cli.app import app, handle_errors
+from gptkit.errors import UsageError
+
+SAVE_KINDS = (".svg", ".html")
+
+
+def check_options(prompt: str | None, top_k: int, layer: int | None, head: int | None, numbers: bool,
+                  neighbors: bool, data: Path | None, max_positions: int, n_neighbors: int,
+                  save: Path | None) -> None:
+    """Cheap checks before torch is imported; ranges that need the model's shape come later."""
+    for flag, value in (("--top-k", top_k), ("--max-positions", max_positions), ("--n-neighbors", n_neighbors)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--layer", layer), ("--head", head)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} counts from 0, got {value}")
+    needs_prompt = [f for f, on in (("--layer", layer is not None), ("--head", head is not None),
+                                    ("--numbers", numbers), ("--neighbors", neighbors)) if on]
+    if needs_prompt and prompt is None:
+        raise UsageError(f"{needs_prompt[0]} looks inside a forward pass; give it a --prompt TEXT")
+    if data is not None and not neighbors:
+        raise UsageError("--data is the training text for --neighbors; add --neighbors")
+    if save is not None and save.suffix.lower() not in SAVE_KINDS:
+        raise UsageError(f"--save writes .svg or .html, not {save.name!r}")
+
+
+def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) -> None:
+    if layer is not None and layer >= n_layer:
+        raise UsageError(f"--layer {layer} is out of range: this model has {n_layer} layers (0-{n_layer - 1})")
+    if head is not None and head >= n_head:
+        raise UsageError(f"--head {head} is out of range: this model has {n_head} heads per layer (0-{n_head - 1})")
+
+
+@app.command("inspect")
+def inspect_command(
+    checkpoint: Optional[str] = typer.Argument(None, help="checkpoint file, run folder or run name "
+                                               "[default: the newest run]", show_default=False),
+    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
+                                               help="checkpoint store folder [default: ./checkpoints]"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to run through the model"),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="rows of the next-token and logit-lens tables"),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="attention of this layer only (from 0)"),
+    head: Optional[int] = typer.Option(None, "--head", help="attention of this head only (from 0)"),
+    numbers: bool = typer.Option(False, "--numbers", help="also print the attention weight matrices"),
+    neighbors: bool = typer.Option(False, "--neighbors", help="find training positions whose FFN output "
+                                   "is most like the prompt's, and what followed them"),
+    data: Optional[Path] = typer.Option(None, "--data", help="training text for --neighbors "
+                                        "[default: the file recorded in the checkpoint]"),
+    max_positions: int = typer.Option(100_000, "--max-positions", help="scan at most this many positions"),
+    n_neighbors: int = typer.Option(20, "--n-neighbors", help="neighbours kept per block"),
+    json_out: bool = typer.Option(False, "--json", help="print every number as JSON instead of the view"),
+    save: Optional[Path] = typer.Option(None, "--save", help="also write the view as a picture: FILE.svg "
+                                        "or FILE.html"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | mps | auto"),
+) -> None:
+    """Look inside a checkpoint: its summary, and with --prompt the next-token table, attention heatmaps,
+    logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text."""
+    with handle_errors():
+        check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save)
+        from gptkit import checkpoint as ckpt
+        from gptkit.introspect import summarize
+
+        info = ckpt.read_info(ckpt.resolve(checkpoint, checkpoints))
+        cfg = info.model_config
+        check_shape(layer, head, cfg.n_layer, cfg.n_head)
+        out: dict[str, Any] = {"summary": summarize(info), "analysis": None, "neighbors": None}
+        if prompt is not None:
+            out.update(_forward(info, prompt, top_k, neighbors, data, max_positions, n_neighbors, device))
+        if json_out:
+            typer.echo(json.dumps(out, ensure_ascii=False))
+        view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], layer=layer, head=head,
+                    numbers=numbers, k=top_k)
+        if not json_out:
+            from rich.console import Console
+
+            from gptkit.inspect_view import render
+
+            render(Console(), **view)
+        if save is not None:
+            _save(save, view, len(out["analysis"]["tokens"]) if out["analysis"] else 0)
+
+
+def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, max_positions: int,
+             n_neighbors: int, device: str) -> dict[str, Any]:
+    from gptkit.checkpoint import build_model
+    from gptkit.introspect import analyze
+    from gptkit.runtime import pick_device
+    from gptkit.tokenizer import tokenizer_from_dict
+
+    tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
+    model = build_model(info, pick_device(device)).float().eval()  # inspect in full precision
+    tr, res = analyze(model, tokenizer, prompt, top_k)
+    nb = None
+    if neighbors:
+        from gptkit.inspect_view import scan_progress
+        from gptkit.neighbors import neighbours, training_text
+
+        source = training_text(info, data)
+        for warning in source.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        with scan_progress() as progress:
+            nb = neighbours(model, tokenizer, tr, source, n_neighbors, max_positions, progress)
+    return {"analysis": res, "neighbors": nb}
+
+
+def _save(path: Path, view: dict[str, Any], n_tokens: int) -> None:
+    """Render the same view on a recording console (in colour, whatever NO_COLOR says) and export it."""
+    import io
+
+    from rich.console import Console
+
+    from gptkit.inspect_view import render
+
+    width = max(120, 16 + 5 * n_tokens) if view["numbers"] else 120
+    console = Console(file=io.StringIO(), record=True, width=width, force_terminal=True,
+                      color_system="truecolor", no_color=False)
+    render(console, **view)
+    try:
+        if path.suffix.lower() == ".svg":
+            console.save_svg(str(path), title=f"gptkit inspect {view['summary']['run']}")
+        else:
+            console.save_html(str(path))
+    except OSError as e:
+        raise UsageError(f"cannot write {str(path)!r}: {e.strerror}") from None

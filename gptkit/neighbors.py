@@ -1,0 +1,153 @@
+"""FFN-output neighbours: explain a next-token prediction by look-alikes in the training text.
+
+For each block, the positions of the training text whose FFN output is most similar (cosine) to the
+prompt's last-position FFN output, the tokens that followed them, and those followers counted over all
+blocks as an approximate next-token distribution, compared with the model's own (top-1 agreement, KL).
+Every candidate position is run with exactly as many preceding tokens as the prompt has (a window of
+the prompt's length ending there), so the comparison is like for like: a prompt copied from the
+training text matches its own position with similarity 1.
+
+Owns finding the training text (the path recorded in the checkpoint, checked against its sha256, or
+a file the user names) and the chunked scan with a bounded top-k per block. It does not render and
+never prints: warnings are returned, progress goes to a callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptkit.checkpoint import CheckpointInfo
+from gptkit.corpus import read_text, sha256_bytes
+from gptkit.data import split_point
+from gptkit.errors import InputError, TokenizerError
+from gptkit.introspect import Trace, run_blocks, token_text
+from gptkit.model import GPT
+from gptkit.tokenizer import Tokenizer
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TrainingText:
+    text: str
+    path: str
+    scope: str  # "training split" (the recorded text, validation cut off) or "whole file"
+    warnings: list[str] = field(default_factory=list)
+
+
+def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
+    """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
+    When the text's sha256 matches the record, only the training split is used (validation was never
+    trained on); when it differs, a warning is returned and the whole file is used as it is."""
+    record = info.state.get("data") or {}
+    if data is None:
+        path = record.get("path")
+        if not path:
+            raise InputError(f"{str(info.path)!r} records no training text; pass --data FILE with the text "
+                             "it was trained on")
+        if not Path(path).is_file():
+            raise InputError(f"the training text recorded in the checkpoint, {path!r}, is not there; "
+                             "pass --data FILE")
+    else:
+        path = str(data)
+    text = read_text(path)
+    digest, recorded = sha256_bytes(text.encode("utf-8")), record.get("sha256")
+    warnings = []
+    if recorded and digest != recorded:
+        warnings.append(f"{path!r} differs from the text this checkpoint was trained on (sha256 {digest[:12]}, "
+                        f"recorded {recorded[:12]}); neighbours come from the file as it is now")
+    val_fraction = (info.meta.get("train_config") or {}).get("val_fraction")
+    if recorded and digest == recorded and val_fraction:
+        return TrainingText(text[:split_point(text, val_fraction)], path, "training split", warnings)
+    return TrainingText(text, path, "whole file", warnings)
+
+
+def encode_prefix(tokenizer: Tokenizer, text: str, n_tokens: int, path: str) -> list[int]:
+    """At least n_tokens ids from the start of text (all of it if shorter), encoding no more text than
+    needed: a 100 MB corpus costs nothing when only its first 100k positions are scanned."""
+    chars = n_tokens * 4
+    while True:
+        try:
+            ids = tokenizer.encode(text[:chars])
+        except TokenizerError as e:
+            raise InputError(f"{path!r} cannot be encoded with this checkpoint's tokenizer: {e}") from None
+        if chars >= len(text):
+            return ids
+        if len(ids) > n_tokens:
+            return ids[:-1]  # the last token may be cut by the prefix boundary
+        chars *= 4
+
+
+@torch.no_grad()
+def scan(model: GPT, tokens: torch.Tensor, query: torch.Tensor, k: int, progress: Progress | None = None,
+         batch_tokens: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k cosine similarity per block between `query` (n_layer, C), the prompt's last-position FFN
+    outputs, and the FFN output at the end of every window `tokens`' rows (n, L) end with.
+
+    Windows run in batches of about batch_tokens tokens; a running top-k per block keeps memory bounded.
+    Returns (scores, window indices), each (n_layer, k), best first.
+    """
+    n, L = tokens.shape
+    q = F.normalize(query.float(), dim=-1)  # (n_layer, C)
+    best_s = torch.full((q.size(0), 0), -math.inf)
+    best_i = torch.zeros((q.size(0), 0), dtype=torch.long)
+    step = max(1, batch_tokens // L)
+    for start in range(0, n, step):
+        idx = tokens[start:start + step]  # (b, L)
+        sims = torch.stack([F.normalize(m[:, -1].float(), dim=-1) @ q[i]
+                            for i, (_, m, _) in enumerate(run_blocks(model, idx))])  # (n_layer, b)
+        where = torch.arange(start, start + idx.size(0)).expand_as(sims)
+        all_s, all_i = torch.cat([best_s, sims.cpu()], 1), torch.cat([best_i, where], 1)
+        best_s, j = all_s.topk(min(k, all_s.size(1)), dim=1)
+        best_i = all_i.gather(1, j)
+        if progress is not None:
+            progress(min(start + step, n), n)
+    return best_s, best_i
+
+
+def neighbours(model: GPT, tokenizer: Tokenizer, tr: Trace, source: TrainingText, k: int = 20,
+               max_positions: int = 100_000, progress: Progress | None = None) -> dict[str, Any]:
+    """The `--neighbors` view for a traced prompt: per block its k nearest training positions, and the
+    followers of all of them as an approximate next-token distribution set against the model's."""
+    L = len(tr.ids)
+    ids = encode_prefix(tokenizer, source.text, max_positions + L, source.path)
+    n = min(len(ids) - L, max_positions)  # windows ending at L-1 .. L-2+n; each needs a follower
+    if n < 1:
+        raise InputError(f"{source.path!r} is {len(ids)} tokens, too short to compare with a {L}-token prompt")
+    device = next(model.parameters()).device
+    seq = torch.tensor(ids[:n + L], dtype=torch.long)
+    windows = seq.unfold(0, L, 1)[:n]  # (n, L) row i = tokens i .. i+L-1, followed by token i+L
+    query = torch.stack([m[-1] for m in tr.mlp_out])  # (n_layer, C)
+    scores, rows = scan(model, windows.to(device), query, k, progress)
+    blocks, counts = [], Counter()
+    for layer in range(scores.size(0)):
+        found = []
+        for s, i in zip(scores[layer].tolist(), rows[layer].tolist(), strict=True):
+            follower = ids[i + L]
+            counts[follower] += 1
+            found.append({"position": i + L - 1, "score": s, "context": tokenizer.decode(ids[i:i + L]),
+                          "next": {"id": follower, "text": token_text(tokenizer, follower)}})
+        blocks.append({"layer": layer, "neighbors": found})
+    return {"source": {"path": source.path, "scope": source.scope}, "window": L, "positions_scanned": n,
+            "k": k, "blocks": blocks, **compare(tokenizer, counts, tr.logits[-1])}
+
+
+def compare(tokenizer: Tokenizer, counts: Counter, logits: torch.Tensor) -> dict[str, Any]:
+    """The followers' distribution q against the model's p: top-1 agreement and KL(q ‖ p) in nats
+    (q has zeros where no neighbour's follower went, so this direction stays finite)."""
+    p = torch.softmax(logits.float(), dim=-1)
+    total = sum(counts.values())
+    approx = [{"id": t, "text": token_text(tokenizer, t), "count": c, "prob": c / total, "model_prob": float(p[t])}
+              for t, c in counts.most_common()]
+    kl = sum(a["prob"] * math.log(a["prob"] / max(a["model_prob"], 1e-30)) for a in approx)
+    top = int(p.argmax())
+    return {"approx": approx, "model_top": {"id": top, "text": token_text(tokenizer, top), "prob": float(p[top])},
+            "top1_agree": approx[0]["id"] == top, "kl_approx_model": kl}

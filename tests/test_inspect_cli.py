@@ -1,0 +1,140 @@
+"""`gptkit inspect` as a user runs it: the summary, --json, --save, --neighbors and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
+
+PROMPT = "KING RICHARD III:\nWhat says the"
+
+
+def inspect(trained_run, *args: str, cwd=None):
+    return run_cli("inspect", *args, "--checkpoints", str(trained_run["store"]), cwd=cwd)
+
+
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (torch is already imported here, so each case costs milliseconds)."""
+    from gptkit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_inspect_help_does_not_import_torch():
+    code = ("import sys; from gptkit.cli import main\n"
+            "try:\n    main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'rich.console' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--neighbors" in proc.stdout and "--max-positions" in proc.stdout
+
+
+def test_summary_of_the_newest_run(trained_run):
+    proc = inspect(trained_run)  # no PATH|RUN: the newest run in the store
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    out = proc.stdout
+    total = trained_run["events"][0]["params"]
+    assert f"{total:,}" in out and "non-embedding" in out and "attention Q" in out
+    assert "tokenizer: char (char), 65 ids" in out
+    assert f"{trained_run['result'].step:,} steps" in out and "bits/char" in out
+    assert "val loss curve:" in out and "format version 1" in out
+
+
+def test_json_holds_every_number(trained_run, tmp_path):
+    page = tmp_path / "view.html"
+    proc = inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # stdout is the JSON and nothing else
+    assert set(doc) == {"summary", "analysis", "neighbors"} and doc["neighbors"] is None
+    s, a = doc["summary"], doc["analysis"]
+    cfg = s["model_config"]
+    assert s["params"]["total"] == trained_run["events"][0]["params"]
+    assert "".join(t["text"] for t in a["tokens"]) == PROMPT
+    T = len(a["tokens"])
+    att = a["attention"]
+    assert (len(att), len(att[0]), len(att[0][0]), len(att[0][0][0])) == (cfg["n_layer"], cfg["n_head"], T, T)
+    for row_set in (w for layer in att for w in layer):
+        for i, row in enumerate(row_set):
+            assert sum(row) == pytest.approx(1.0, abs=1e-5) and all(v == 0 for v in row[i + 1:])
+    assert len(a["next_token"]) == 4
+    assert [t["id"] for t in a["logit_lens"][-1]["top"]] == [t["id"] for t in a["next_token"]]
+    assert sum(t["value"] for t in a["attribution"]["terms"]) == pytest.approx(a["attribution"]["logit"], abs=1e-4)
+    assert page.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+
+
+def test_view_and_svg_of_one_head(trained_run, tmp_path):
+    svg = tmp_path / "head.svg"
+    proc = inspect(trained_run, str(trained_run["run_dir"]), "-p", PROMPT, "--layer", "1", "--head", "2",
+                   "--numbers", "--save", str(svg))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "layer 1 head 2" in out and "layer 0 head" not in out and "layer 1 head 0" not in out
+    assert "layer 1 head 2 weights" in out and " 1.00" in out  # the first query sees only itself
+    for section in ("next token", "logit lens", "direct logit attribution", "= the model's logit"):
+        assert section in out
+    text = svg.read_text(encoding="utf-8")
+    assert text.startswith("<svg") and len(text) > 10_000 and "logit&#160;lens" in text
+
+
+def test_neighbours_from_a_file_whose_hash_differs(trained_run, tmp_path):
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000].replace("Citizen", "Burgher")
+    data = tmp_path / "edited.txt"
+    data.write_text(text, encoding="utf-8")
+    proc = inspect(trained_run, "-p", "the king", "--neighbors", "--data", str(data), "--max-positions", "300",
+                   "--n-neighbors", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "differs from the text this checkpoint was trained on" in warnings[0]
+    assert "Traceback" not in proc.stderr
+    nb = json.loads(proc.stdout)["neighbors"]
+    assert nb["source"] == {"path": str(data), "scope": "whole file"}
+    assert nb["positions_scanned"] == 300 and nb["window"] == len("the king")
+    for block in nb["blocks"]:
+        for n in block["neighbors"]:
+            assert text[n["position"] - 7:n["position"] + 1] == n["context"]
+            assert text[n["position"] + 1] == n["next"]["text"]
+
+
+@pytest.fixture(scope="module")
+def store_without_data_record(trained_run, tmp_path_factory):
+    """A copy of the trained checkpoint whose metadata records no training text."""
+    from gptkit import checkpoint
+
+    model, _, info = checkpoint.load_for_inference(trained_run["run_dir"])
+    meta = {k: info.meta[k] for k in ("model_config", "train_config", "tokenizer")}
+    meta["state"] = {k: v for k, v in info.state.items() if k != "data"}
+    store = tmp_path_factory.mktemp("nodata")
+    checkpoint.save(store / "bare" / checkpoint.LAST, model, meta)
+    return store
+
+
+def test_neighbors_without_recorded_data_or_data_flag(store_without_data_record, capsys):
+    proc = run_here(capsys, "inspect", "bare", "--checkpoints", str(store_without_data_record), "-p", "the",
+                    "--neighbors")
+    assert_one_line_error(proc, "records no training text", "--data")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-p", "x" * 65], "block_size"),
+    (["-p", "the", "--layer", "4"], "--layer 4 is out of range"),
+    (["-p", "the", "--head", "9"], "--head 9 is out of range"),
+    (["-p", "안녕"], "안"),
+    (["--layer", "0"], "--prompt"),
+    (["-p", "the", "--save", "view.png"], ".svg or .html"),
+    (["-p", "the", "--data", "x.txt"], "--neighbors"),
+    (["-p", ""], "empty"),
+    (["ghost"], "ghost"),
+])
+def test_bad_input_gives_one_line_error(trained_run, capsys, args, needle):
+    assert_one_line_error(run_here(capsys, "inspect", *args, "--checkpoints", str(trained_run["store"])), needle)
