@@ -1,74 +1,168 @@
-"""Token generation: sampling functions, prefill and decode with the KV cache, `generate()`.
+"""Token generation: prefill and decode with the KV cache, the context window, the `Engine`.
 
-Owns turning a model and prompt ids into new ids, one at a time, as an iterator. Like nanochat's
-engine it knows nothing about tokenization: the caller encodes the prompt and decodes what comes
-out (incrementally, so a Hangul syllable split across byte tokens is printed whole).
+Owns turning a model and prompt ids into new ids, one step at a time, for a batch of samples that
+share one prompt: the prompt is prefilled once (batch 1) into every row of the cache, then each
+step decodes one token per row. Like nanochat's engine it knows nothing about tokenization or text
+(`completion.py` does that); choosing a token from logits is `sampling.py`.
+
+The context window. A model only ever sees `block_size` positions. When the sequence outgrows the
+window, the window restarts on the last `keep` tokens (default 3/4 of a block): with the cache that
+means one re-prefill of those tokens, after which decoding resumes; so every prediction sees between
+`keep` and `block_size` tokens, and the cost per token stays flat. The no-cache path
+(`use_cache=False`) runs a full forward over exactly the same window at every step: it is the
+reference, and the two agree to fp32 rounding at every step, past `block_size` too, with learned
+positions and with RoPE alike (positions always restart at 0, inside the trained range).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from gptkit.model import GPT, KVCache
+from gptkit.sampling import SamplingParams, sample_next_token
 
 
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> next ids (B,). temperature 0 is greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # keep the k most likely
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+@dataclass
+class Step:
+    """One generated token per sample row."""
+
+    ids: torch.Tensor  # (B,) the chosen tokens
+    logprobs: torch.Tensor  # (B,) their log-probabilities under the model (temperature 1)
+    logits: torch.Tensor  # (B, V) the model's logits they were chosen from
 
 
-@torch.no_grad()
-def prefill(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Run the prompt (B, T) through the model, filling the cache; returns last logits (B, V)."""
-    cache.reset()
+def window_start(start: int, length: int, block_size: int, keep: int) -> int:
+    """Where the context begins once the sequence is `length` long (it began at `start`)."""
+    return start if length - start <= block_size else length - keep
+
+
+@torch.inference_mode()
+def forward_last(model: GPT, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """Full forward of (B, T) ids (filling `cache` from empty when given); last logits (B, V)."""
+    if cache is not None:
+        cache.reset()
     logits, _ = model(ids, kv_cache=cache, last_only=True)
     return logits[:, -1, :]
 
 
-@torch.no_grad()
-def decode_step(model: GPT, next_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """One new token per row (B,) at position cache.pos; returns its logits (B, V)."""
-    logits, _ = model(next_ids.view(-1, 1), kv_cache=cache, last_only=True)
-    return logits[:, -1, :]
+def decode_logits(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One decode step with fixed shapes, for `torch.compile` and CUDA graphs: ids (B, 1) at the
+    position `cache.step_pos` (a tensor, so nothing is specialised on it) -> logits (B, V).
 
-
-@torch.no_grad()
-def generate(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
-    """Yield up to max_new_tokens ids continuing prompt_ids (batch of one).
-
-    The context is the last `block_size` tokens. With the cache, when it fills up, the window slides
-    by re-running (prefilling) the most recent half block, so each token still sees at least half a
-    block of context and the cost per token stays flat.
+    This is `GPT.forward` for a single position, reading the position from a tensor instead of a
+    Python int; `KVCache.static_step()` must be active (it also advances the cache).
     """
-    device = next(model.parameters()).device
-    block = model.config.block_size
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-    tokens = list(prompt_ids)
-    if not tokens:
-        raise ValueError("generate needs at least one prompt token")
-    cache = KVCache(model.config, 1, device=device, dtype=next(model.parameters()).dtype) if use_cache else None
-    logits = None
-    for _ in range(max_new_tokens):
-        if cache is None:
-            ctx = torch.tensor([tokens[-block:]], device=device)
-            logits = model(ctx, last_only=True)[0][:, -1, :]
-        elif logits is None or cache.pos >= block:
-            keep = tokens[-block:] if logits is None else tokens[-(block // 2):]
-            logits = prefill(model, torch.tensor([keep], device=device), cache)
-        nxt = sample_next_token(logits, temperature, top_k, generator)
-        tokens.append(int(nxt.item()))
-        yield tokens[-1]
-        if cache is not None and cache.pos < block:
-            logits = decode_step(model, nxt, cache)
+    t = model.transformer
+    x = t.wte(ids)  # (B, 1, C)
+    if t.wpe is not None:
+        x = x + t.wpe(cache.step_pos)  # (1, C) learned position, broadcast over the batch
+    rope = None
+    if model.config.pos_encoding == "rope":
+        rope = model.rope_cos[cache.step_pos], model.rope_sin[cache.step_pos]  # (1, hs/2) each
+    for block in t.h:
+        x = block(x, rope=rope, kv_cache=cache)
+    return model.lm_head(t.ln_f(x))[:, -1, :]
+
+
+def compile_decode(device: torch.device) -> Callable[[GPT, torch.Tensor, KVCache], torch.Tensor]:
+    """`decode_logits` compiled: CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
+    if device.type == "cuda":
+        return torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True)
+    return torch.compile(decode_logits, fullgraph=True)
+
+
+def _mark_static(cache: KVCache) -> None:
+    """CUDA graphs may only write to tensors whose address never changes: say so for the cache."""
+    if cache.k.device.type == "cuda":
+        for t in (cache.k, cache.v, cache.mask, cache.step_pos):
+            torch._dynamo.mark_static_address(t)
+
+
+class Engine:
+    """Generates for `num_samples` rows at once from one model; reusable across prompts.
+
+    use_cache=False recomputes the whole window at every step (the reference path); compile=True
+    runs each decode step through `compile_decode` (compiled once, on first use).
+    """
+
+    def __init__(self, model: GPT, num_samples: int = 1, use_cache: bool = True, compile: bool = False,
+                 keep: int | None = None) -> None:
+        self.model = model
+        self.num_samples = num_samples
+        p = next(model.parameters())
+        self.device = p.device
+        self.block_size = model.config.block_size
+        self.keep = max(1, min(self.block_size, keep or self.block_size * 3 // 4))
+        self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
+        self.decode = decode_logits
+        if compile and self.cache is not None:
+            _mark_static(self.cache)
+            self.decode = compile_decode(p.device)
+        self.compiled = self.decode is not decode_logits
+
+    @torch.inference_mode()
+    def _decode_step(self, ids: torch.Tensor) -> torch.Tensor:
+        assert self.cache is not None
+        with self.cache.static_step():
+            logits = self.decode(self.model, ids[:, None], self.cache)
+        return logits.clone() if self.compiled else logits  # CUDA graphs reuse their output buffer
+
+    def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int,
+                     last: torch.Tensor) -> torch.Tensor:
+        """Logits for position n, given the sequences hist[:, :n] (B, n) and the window's start."""
+        if self.cache is None:
+            return forward_last(self.model, hist[:, new_start:n])  # the reference: no cache at all
+        if new_start != start:  # the window moved: prefill its tokens again (positions restart at 0)
+            return forward_last(self.model, hist[:, new_start:n], self.cache)
+        return self._decode_step(last)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams | None = None,
+                 seed: int | None = None) -> Iterator[Step]:
+        """Yield `max_new_tokens` steps continuing prompt_ids in every row; stop iterating to stop early."""
+        if not prompt_ids:
+            raise ValueError("generate needs at least one prompt token")
+        if max_new_tokens <= 0:
+            return
+        params = params or SamplingParams()
+        B, P, V = self.num_samples, len(prompt_ids), self.model.config.vocab_size
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+        prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+        hist = torch.empty(B, P + max_new_tokens, dtype=torch.long, device=self.device)  # every row's sequence
+        hist[:, :P] = prompt
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
+            seen[:, prompt] = True
+        start = max(0, P - self.block_size)
+        # the prompt is the same in every row: run it once (batch 1), share its logits and cache
+        logits = forward_last(self.model, prompt[None, start:], self.cache).expand(B, V)
+        n = P
+        for i in range(max_new_tokens):
+            ids, logprobs = sample_next_token(logits, params, seen, generator)
+            hist[:, n] = ids
+            n += 1
+            if seen is not None:
+                seen.scatter_(1, ids[:, None], True)
+            yield Step(ids, logprobs, logits)
+            if i + 1 < max_new_tokens:
+                new_start = window_start(start, n, self.block_size, self.keep)
+                logits = self._next_logits(hist, start, new_start, n, ids)
+                start = new_start
+
+
+def generate(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None, use_cache: bool = True,
+             **sampling: float) -> Iterator[int]:
+    """Yield up to max_new_tokens ids continuing prompt_ids: one sample, the simple interface.
+
+    `sampling` takes the other `SamplingParams` fields (top_p, min_p, repetition_penalty).
+    """
+    params = SamplingParams(temperature=temperature, top_k=top_k, **sampling)
+    for step in Engine(model, use_cache=use_cache).generate(prompt_ids, max_new_tokens, params, seed):
+        yield int(step.ids[0])

@@ -13,6 +13,8 @@ probabilities, so PyTorch's fused (flash) SDPA kernel stays usable on CPU and GP
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -24,8 +26,15 @@ from gptkit.config import ModelConfig
 class KVCache:
     """Pre-allocated keys and values for every layer: (n_layer, B, n_head, max_len, head_dim).
 
-    `pos` counts the positions already filled. The model writes the new keys/values of each layer
-    at [pos, pos+T) and attends over [0, pos+T); `advance(T)` moves `pos` after a full forward.
+    `pos` counts the positions already filled. In an ordinary forward (a prefill, or an eager
+    decode step) each layer writes its new keys/values at [pos, pos+T) and attends over [0, pos+T);
+    `GPT.forward` then calls `advance(T)`. A batch-1 write fills every row of a B-row cache, so one
+    prefill of a shared prompt serves all samples.
+
+    A compiled decode step needs shapes and addresses that never change (CUDA graphs replay fixed
+    pointers): inside `static_step()` the position lives in the tensor `step_pos` (1,), each layer
+    writes with `index_copy_` there and attends over the whole buffer through `mask` (1, max_len),
+    True at the filled positions.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
@@ -34,20 +43,44 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.mask = torch.zeros(1, self.max_len, dtype=torch.bool, device=device)
+        self.step_pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.static = False
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.size(2)
+    def update(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store k, v (B or 1, nh, T, hs) of `layer`; return (keys, values, mask) to attend over."""
+        if self.static:  # T == 1; (B, nh, max_len, hs) buffers and the (1, max_len) mask
+            self.k[layer].index_copy_(2, self.step_pos, k)
+            self.v[layer].index_copy_(2, self.step_pos, v)
+            return self.k[layer], self.v[layer], self.mask
+        B, T = k.size(0), k.size(2)
         assert self.pos + T <= self.max_len, "KV cache overflow: the caller must slide the window"
-        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.k[layer, :, :, self.pos:self.pos + T] = k  # broadcasts a batch-1 prefill over every row
         self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+        return self.k[layer, :B, :, :self.pos + T], self.v[layer, :B, :, :self.pos + T], None
 
     def advance(self, n: int) -> None:
+        self.mask[:, self.pos:self.pos + n] = True
         self.pos += n
 
     def reset(self) -> None:
+        self.mask.zero_()
         self.pos = 0
+
+    @contextmanager
+    def static_step(self) -> Iterator[None]:
+        """One decode step at `pos` with fixed shapes (see the class docstring); advances by one."""
+        assert self.pos < self.max_len, "KV cache overflow: the caller must slide the window"
+        self.step_pos.fill_(self.pos)
+        self.mask[:, self.pos] = True
+        self.static = True
+        try:
+            yield
+        finally:
+            self.static = False
+        self.pos += 1
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +140,13 @@ class CausalSelfAttention(nn.Module):
         if self.rope:
             assert rope is not None
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        offset = 0
+        offset, mask = 0, None
         if kv_cache is not None:
-            offset = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, offset+T, hs)
-        if self.use_manual or keep_weights:
+            offset = 0 if kv_cache.static else kv_cache.pos  # static: the position is a tensor
+            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, offset+T or max_len, hs)
+        if mask is not None:  # static decode step: one query over the whole buffer, filled slots only
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.use_manual or keep_weights:
             y, w = manual_attention(q, k, v, offset=offset)
             self.last_weights = w.detach() if keep_weights else None
         elif offset == 0:

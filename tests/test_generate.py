@@ -1,36 +1,197 @@
-"""Generation: the KV-cached path matches the full-context path; seeds reproduce."""
+"""Generation: the KV cache equals the full forward at every step (past block_size too, learned
+positions and RoPE), sampling filters on hand-made distributions, seeds, batched samples, stop
+strings and UTF-8 streaming on real text, and the compiled decode step on CPU."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from gptkit import checkpoint
-from gptkit.generate import generate, sample_next_token
+from gptkit.completion import TextStream, complete
+from gptkit.generate import Engine, generate
+from gptkit.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    min_p_filter,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
+from gptkit.tokenizer import build_tokenizer
+from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
+
+GREEDY = SamplingParams(temperature=0)
 
 
-def test_greedy_cached_equals_uncached_within_a_block(trained_run):
+@pytest.fixture(scope="module")
+def char_model(trained_run):
     model, tok, _ = checkpoint.load_for_inference(trained_run["run_dir"])
-    prompt = tok.encode("ROMEO:\n")
-    n = model.config.block_size - len(prompt)
-    cached = list(generate(model, prompt, n, temperature=0))
-    plain = list(generate(model, prompt, n, temperature=0, use_cache=False))
-    assert cached == plain
-    assert len(set(cached)) > 5  # real text, not one repeated token
+    return model, tok
 
 
-def test_same_seed_same_text(trained_run):
-    model, tok, _ = checkpoint.load_for_inference(trained_run["run_dir"])
-    prompt = tok.encode("JULIET:")
-    a = list(generate(model, prompt, 120, temperature=0.9, top_k=20, seed=7))
-    b = list(generate(model, prompt, 120, temperature=0.9, top_k=20, seed=7))
-    c = list(generate(model, prompt, 120, temperature=0.9, top_k=20, seed=8))
-    assert a == b and a != c
-    assert len(a) == 120  # keeps going past block_size (64)
+@pytest.fixture(scope="module")
+def rope_model(tmp_path_factory):
+    """A small RoPE + RMSNorm + SwiGLU model trained for real on tinyshakespeare (a few seconds)."""
+    from gptkit.config import resolve_config
+    from gptkit.train import train
+
+    store = tmp_path_factory.mktemp("rope")
+    mc, tc = resolve_config("tiny", None, dict(
+        n_layer=2, n_embd=64, block_size=32, pos_encoding="rope", norm="rmsnorm", mlp="swiglu",
+        max_iters=150, eval_interval=150, eval_iters=5))
+    train(mc, tc, str(SHAKESPEARE), store / "rope", store)
+    model, tok, _ = checkpoint.load_for_inference(store / "rope")
+    return model, tok
 
 
-def test_top_k_one_is_greedy():
-    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9]])
-    for seed in range(5):
-        g = torch.Generator().manual_seed(seed)
-        assert sample_next_token(logits, 1.0, top_k=1, generator=g).item() == 1
-    assert sample_next_token(logits, 0.0).item() == 1
+def run(engine: Engine, prompt: list[int], n: int, params: SamplingParams = GREEDY, seed: int | None = 0):
+    steps = list(engine.generate(prompt, n, params, seed))
+    return torch.stack([s.ids for s in steps], 1), [s.logits.clone() for s in steps]  # (B, n), n x (B, V)
+
+
+@pytest.mark.parametrize("which", ["char_model", "rope_model"])
+def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(request, which):
+    model, tok = request.getfixturevalue(which)
+    block = model.config.block_size
+    prompt = tok.encode("ROMEO:\nWhat say")
+    n = 3 * block + 7  # the window restarts several times
+    for params in (GREEDY, SamplingParams(temperature=0.8)):  # greedy text, then varied text
+        ids_c, logits_c = run(Engine(model), prompt, n, params)
+        ids_p, logits_p = run(Engine(model, use_cache=False), prompt, n, params)
+        assert torch.equal(ids_c, ids_p)  # the same text
+        for step, (a, b) in enumerate(zip(logits_c, logits_p, strict=True)):
+            assert torch.allclose(a, b, atol=2e-5, rtol=1e-5), (which, step, (a - b).abs().max())
+    assert len(set(ids_c[0].tolist())) > 10  # the sampled text is real text, not one repeated token
+    # within the first block, both are the plain forward over the whole sequence
+    seq = torch.tensor([prompt + ids_c[0, :block - len(prompt)].tolist()])
+    full, _ = model(seq)
+    for i in range(block - len(prompt)):
+        assert torch.allclose(logits_c[i][0], full[0, len(prompt) - 1 + i], atol=2e-5)
+
+
+def test_batched_sampling_with_cache_equals_reference_past_block_size(rope_model):
+    """Rows diverge after the shared prefill; the window restarts re-prefill every row."""
+    model, tok = rope_model
+    params = SamplingParams(temperature=1.0, top_k=20, repetition_penalty=1.3)
+    ids_c, _ = run(Engine(model, num_samples=3), tok.encode("KING:"), 80, params, seed=5)
+    ids_p, _ = run(Engine(model, num_samples=3, use_cache=False), tok.encode("KING:"), 80, params, seed=5)
+    assert torch.equal(ids_c, ids_p)
+    assert len({tuple(r) for r in ids_c.tolist()}) == 3
+
+
+def test_seed_reproduces_and_samples_are_independent(char_model):
+    model, tok = char_model
+    prompt, params = tok.encode("JULIET:"), SamplingParams(temperature=0.9, top_k=20)
+    engine = Engine(model, num_samples=4)
+    a, _ = run(engine, prompt, 120, params, seed=7)
+    b, _ = run(engine, prompt, 120, params, seed=7)
+    c, _ = run(engine, prompt, 120, params, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len({tuple(r) for r in a.tolist()}) == 4  # four different samples from one batch
+    # greedy: every row is the single-sample greedy text, so the shared prefill is right
+    g, _ = run(engine, prompt, 40)
+    assert all(row == list(generate(model, prompt, 40, temperature=0)) for row in g.tolist())
+
+
+def test_batch_rows_are_independent_draws_from_the_model(char_model):
+    """4000 rows of one step: first-token frequencies match softmax(logits) (total variation < 0.06)."""
+    model, tok = char_model
+    prompt = tok.encode("First Citizen:\nWe are")
+    step = next(Engine(model, num_samples=4000).generate(prompt, 1, SamplingParams(temperature=1.0), seed=3))
+    probs = torch.softmax(step.logits[0].float(), -1)
+    freq = torch.bincount(step.ids, minlength=probs.numel()).float() / 4000
+    assert 0.5 * (freq - probs).abs().sum() < 0.06
+    assert len(set(step.ids.tolist())) > 1
+
+
+HAND = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]]))  # (2, 4): two rows
+
+
+def kept(logits: torch.Tensor) -> list[list[int]]:
+    return [torch.nonzero(torch.isfinite(row)).flatten().tolist() for row in logits]
+
+
+def test_filters_on_hand_made_distributions():
+    assert kept(top_k_filter(HAND, 2)) == [[0, 1], [2, 3]]
+    assert kept(top_k_filter(HAND, 9)) == [[0, 1, 2, 3]] * 2
+    assert kept(top_p_filter(HAND, 0.45)) == [[0], [3]]
+    assert kept(top_p_filter(HAND, 0.75)) == [[0, 1], [2, 3]]
+    assert kept(top_p_filter(HAND, 0.85)) == [[0, 1, 2], [1, 2, 3]]
+    assert kept(top_p_filter(HAND, 1.0)) == [[0, 1, 2, 3]] * 2
+    assert kept(min_p_filter(HAND, 0.5)) == [[0, 1], [2, 3]]  # threshold 0.25
+    assert kept(min_p_filter(HAND, 0.2)) == [[0, 1, 2], [1, 2, 3]]  # threshold 0.1
+    seen = torch.tensor([[True, True, False], [False, False, False]])
+    raw = torch.tensor([[2.0, -1.0, 0.5], [2.0, -1.0, 0.5]])
+    assert apply_repetition_penalty(raw, seen, 2.0).tolist() == [[1.0, -2.0, 0.5], [2.0, -1.0, 0.5]]
+
+
+def test_sampling_follows_the_filtered_distribution():
+    logits = HAND[:1].expand(20000, 4)
+    g = torch.Generator().manual_seed(0)
+    ids, logprobs = sample_next_token(logits, SamplingParams(temperature=1.0, top_p=0.85), generator=g)
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95, atol=0.015)
+    assert torch.allclose(logprobs, HAND[0, ids], atol=1e-6)  # the model's own log-probability
+    hot = sample_next_token(logits, SamplingParams(temperature=100.0), generator=g)[0]
+    assert (torch.bincount(hot, minlength=4).float() / len(hot) - 0.25).abs().max() < 0.02  # ~uniform
+    for k_row in (sample_next_token(HAND, SamplingParams(temperature=0))[0], sample_next_token(
+            HAND, SamplingParams(temperature=1.0, top_k=1), generator=g)[0]):
+        assert k_row.tolist() == [0, 3]  # greedy, and top-k 1, pick each row's most likely token
+
+
+def test_stop_strings_cut_exactly_and_hold_back_only_a_possible_start():
+    tok = build_tokenizer("gpt2")
+    text = ENGLISH.read_text(encoding="utf-8")[5000:9000]
+    stop = text[1800:1815]  # 15 characters of real text, several gpt2 tokens long
+    assert len(tok.encode(stop)) > 2
+    stream, shown = TextStream(["@@never@@", stop]), []
+    for t in tok.encode(text):
+        shown.append(stream.feed(tok.token_bytes(t)))
+        if stream.stopped:
+            break
+        assert not stream.pending or any(s.startswith(stream.pending) for s in stream.stops)  # held back
+    assert stream.stopped and "".join(shown) == stream.text == text[:text.index(stop)]
+
+
+def test_streaming_korean_bytes_never_prints_a_broken_character():
+    tok = build_tokenizer("byte")
+    text = KOREAN.read_text(encoding="utf-8")[:3000]
+    stream, chunks = TextStream(), []
+    for t in tok.encode(text):
+        chunks.append(stream.feed(tok.token_bytes(t)))
+    assert sum(1 for c in chunks if c == "") > 1000  # a syllable's first bytes produce nothing yet
+    assert all("\ufffd" not in c for c in chunks) and "".join(chunks) + stream.finish() == text
+    cut = TextStream()
+    assert cut.feed("가".encode()[:2]) == "" and cut.finish() == ""  # an unfinished last character is dropped
+
+
+def test_complete_reports_eos_stop_and_length(char_model):
+    model, tok = char_model
+    prompt = "ROMEO:\n"
+    engine = Engine(model)
+    plain = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY)
+    s = plain.samples[0]
+    assert s.finish_reason == "length" and len(s.token_ids) == 60 and s.text == tok.decode(s.token_ids)
+    assert all(lp <= 0 for lp in s.logprobs) and math.isclose(sum(s.logprobs), sum(s.logprobs[:30]) + sum(s.logprobs[30:]))
+    eos = s.token_ids[10]  # pretend the 11th token is end-of-text
+    ended = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY, eos_id=eos).samples[0]
+    first = s.token_ids.index(eos)
+    assert ended.finish_reason == "eos" and ended.token_ids == s.token_ids[:first + 1]
+    assert ended.text == tok.decode(s.token_ids[:first])
+    stop = s.text[20:23]
+    stopped = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY, stops=[stop]).samples[0]
+    assert stopped.finish_reason == "stop" and stopped.text == s.text[:s.text.index(stop)]
+
+
+def test_compiled_decode_step_on_cpu_matches_eager(char_model):
+    model, tok = char_model
+    prompt = tok.encode("ROMEO:")
+    compiled = Engine(model, compile=True)
+    assert compiled.compiled
+    ids_c, logits_c = run(compiled, prompt, 90)  # past block_size (64): a re-prefill in between
+    ids_e, logits_e = run(Engine(model), prompt, 90)
+    assert torch.equal(ids_c, ids_e)
+    assert max((a - b).abs().max().item() for a, b in zip(logits_c, logits_e, strict=True)) < 1e-4

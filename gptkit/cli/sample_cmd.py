@@ -1,69 +1,220 @@
-"""`gptkit sample`: load a checkpoint, generate, stream UTF-8 text to stdout."""
+"""`gptkit sample`: read prompts, load a checkpoint, stream samples to stdout as text or JSON lines.
+
+Owns the flags, where prompts come from (--prompt, --prompt-file or stdin; one per line with
+--lines) and how results look: streamed text, one escaped line per result (--lines), or one JSON
+object per sample (--json). Stats go to stderr. Generation itself is `gptkit.completion`.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from gptkit.cli.app import app, handle_errors
-from gptkit.errors import TokenizerError, UsageError
+from gptkit.errors import InputError, TokenizerError, UsageError
+
+SEPARATOR = "---------------"  # between the samples of one prompt in plain text output (as nanoGPT)
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    if max_new_tokens < 0:
-        raise UsageError(f"--max-new-tokens must be 0 or more, got {max_new_tokens}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise UsageError(f"--temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float, min_p: float,
+                   repetition_penalty: float, num_samples: int, stops: list[str]) -> None:
+    """Reject values that cannot work, before anything heavy is imported."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UsageError(msg)
+
+    need(max_new_tokens >= 0, f"--max-new-tokens must be 0 or more, got {max_new_tokens}")
+    need(math.isfinite(temperature) and temperature >= 0, f"--temperature must be 0 (greedy) or more, got {temperature}")
+    need(top_k is None or top_k >= 1, f"--top-k must be at least 1, got {top_k}")
+    need(0 < top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {top_p}")
+    need(0 <= min_p <= 1, f"--min-p must be in [0, 1] (0 = off), got {min_p}")
+    need(math.isfinite(repetition_penalty) and repetition_penalty > 0,
+         f"--repetition-penalty must be positive (1 = off), got {repetition_penalty}")
+    need(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
+    need(all(stops), "--stop needs a non-empty string")
+
+
+def read_prompt_text(prompt: str | None, prompt_file: Path | None) -> str:
+    """The prompt text from --prompt, --prompt-file, or stdin (empty when stdin is a terminal)."""
+    from gptkit.corpus import decode_utf8
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if prompt is not None:
+        return prompt
+    if prompt_file is not None:
+        try:
+            data, name = prompt_file.read_bytes(), repr(str(prompt_file))
+        except OSError as e:
+            raise InputError(f"cannot read prompt file {str(prompt_file)!r}: {e.strerror}") from None
+    elif sys.stdin is None or sys.stdin.isatty():
+        return ""
+    else:
+        data, name = sys.stdin.buffer.read(), "the prompt on stdin"
+    # whitespace-only (or empty) is a valid prompt; decode_utf8 checks everything else
+    return data.decode("ascii") if not data.strip() else decode_utf8(data, name)
+
+
+def split_lines(text: str) -> list[str]:
+    """One prompt per line (\\n or \\r\\n); a final newline does not start another prompt."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def encode_prompt(tokenizer: Any, text: str, where: str) -> list[int]:
+    """Prompt ids; a character the checkpoint's vocabulary lacks is a one-line error."""
+    try:
+        ids = tokenizer.encode(text) if text else []
+    except TokenizerError as e:
+        if tokenizer.kind != "char":
+            raise InputError(f"{where} cannot be encoded by this checkpoint's tokenizer: {e}") from None
+        unknown = sorted(set(text) - set(tokenizer.chars))
+        shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise InputError(f"{where} has {len(unknown)} character(s) this checkpoint's vocabulary lacks ({shown}); "
+                         "its char tokenizer knows only the characters of its training text") from None
+    if ids:
+        return ids
+    if tokenizer.eot_id is not None:  # no prompt: start from end-of-text, or a newline, as a neutral beginning
+        return [tokenizer.eot_id]
+    try:
+        return tokenizer.encode("\n") or [0]
+    except TokenizerError:  # a char vocabulary without "\n"
+        return [0]
+
+
+class Printer:
+    """Writes results to stdout: streamed text, --lines (one escaped line each), or --json lines."""
+
+    def __init__(self, mode: str, echo: bool, out: Any = None) -> None:
+        self.mode, self.echo = mode, echo  # mode: text | lines | json
+        self.out = out or sys.stdout.buffer
+        self.ends_newline = True
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out.write(text.encode("utf-8"))
+            self.out.flush()
+            self.ends_newline = text.endswith("\n")
+
+    def _shown(self, text: str) -> str:
+        # --lines keeps every result on one line: backslash and newline are escaped as \\ and \n
+        return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") if self.mode == "lines" else text
+
+    def begin(self, prompt: str) -> None:
+        if self.mode != "json" and self.echo:
+            self.write(self._shown(prompt))
+
+    def on_text(self, row: int, text: str) -> None:
+        if row == 0 and self.mode != "json":  # the first sample streams; the others print when all are done
+            self.write(self._shown(text))
+
+    def end(self, result: Any, prompt_index: int) -> None:
+        if self.mode == "json":
+            for s in result.samples:
+                self.write(json.dumps(sample_record(result, s, prompt_index), ensure_ascii=False) + "\n")
+            return
+        lines = self.mode == "lines"  # escaped results hold no newline: end each one with exactly one
+        self._end_line(always=lines)
+        for s in result.samples[1:]:
+            if not lines:
+                self.write(SEPARATOR + "\n")
+            self.write(self._shown((result.prompt if self.echo else "") + s.text))
+            self._end_line(always=lines)
+
+    def _end_line(self, always: bool) -> None:
+        if always or not self.ends_newline:
+            self.write("\n")
+
+
+def sample_record(result: Any, s: Any, prompt_index: int) -> dict[str, Any]:
+    """One JSON line: a sample with its prompt, ids, log-probabilities, finish reason and timing."""
+    return {
+        "prompt_index": prompt_index, "sample": s.index, "prompt": result.prompt, "text": s.text,
+        "finish_reason": s.finish_reason, "token_ids": s.token_ids,
+        "logprobs": [round(x, 5) for x in s.logprobs], "prompt_tokens": result.prompt_tokens,
+        "seed": result.seed,
+        "timing": {"seconds": round(result.seconds, 4),
+                   "first_token_seconds": None if result.first_token_seconds is None
+                   else round(result.first_token_seconds, 4),
+                   "tokens_per_second": round(result.tokens_per_second, 1)},
+    }
+
+
+def stats_line(result: Any) -> str:
+    n = len(result.samples)
+    made = f"{result.generated_tokens}" + (f" in {n} samples" if n > 1 else "")
+    ttft = "-" if result.first_token_seconds is None else f"{result.first_token_seconds * 1000:.0f} ms"
+    return (f"stats: prompt {result.prompt_tokens} tokens | generated {made} tokens | "
+            f"{result.tokens_per_second:.1f} tokens/s | first token {ttft} | {result.seconds:.2f} s")
 
 
 @app.command("sample")
 def sample_command(
-    prompt: str = typer.Option("", "--prompt", "-p", help="text to continue"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue [default: stdin if piped]"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", "-f", help="read the prompt from a file"),
+    lines: bool = typer.Option(False, "--lines", help="one prompt per input line, one result per output line"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per sample: text, ids, logprobs, finish reason, timing"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
                                              help="checkpoint file, run folder or run name [default: newest run]"),
     checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
                                                help="checkpoint store folder [default: ./checkpoints]"),
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="tokens to generate"),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="tokens to generate per sample"),
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="softmax temperature; 0 = greedy"),
     top_k: Optional[int] = typer.Option(200, "--top-k", help="sample among the k most likely tokens"),
+    top_p: float = typer.Option(1.0, "--top-p", help="nucleus: the most likely tokens holding this mass (1 = off)"),
+    min_p: float = typer.Option(0.0, "--min-p", help="drop tokens below this fraction of the top one's probability"),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help=">1 discourages repeating tokens (1 = off)"),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="seed for reproducible output"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="recompute the full context every token (reference path)"),
+    num_samples: int = typer.Option(1, "--num-samples", help="samples per prompt, decoded together as one batch"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="end a sample at this text (not printed); repeatable"),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="print the prompt before the continuation"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | mps | auto"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="recompute the full context every token (reference path)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help="torch.compile the decode step [default: on for CUDA only]"),
+    stats: bool = typer.Option(False, "--stats", help="print prompt/generated tokens, tokens/s, time to first token on stderr"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="--stats, plus which checkpoint and device"),
 ) -> None:
-    """Generate text from a trained checkpoint, streamed to stdout."""
+    """Generate text from a trained checkpoint, streamed to stdout (JSON lines with --json)."""
     with handle_errors():
-        check_sampling(max_new_tokens, temperature, top_k)
+        stops = stop or []
+        check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
+        if dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")
         from gptkit import checkpoint as ckpt
-        from gptkit.display import Utf8Stream
-        from gptkit.generate import generate
-        from gptkit.runtime import pick_device
+        from gptkit.completion import complete
+        from gptkit.generate import Engine
+        from gptkit.runtime import pick_device, pick_dtype, want_compile
+        from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
-        model, tokenizer, _ = ckpt.load_for_inference(checkpoint, checkpoints, dev)
-        ids = tokenizer.encode(prompt) if prompt else []
-        if not ids:  # no prompt: start from end-of-text, or a newline, as a neutral beginning
-            ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else _newline(tokenizer)
-        out = Utf8Stream()
-        if echo and prompt:
-            out.write(prompt.encode("utf-8"))
-        last = prompt
-        for token in generate(model, ids, max_new_tokens, temperature, top_k, seed, use_cache=not no_cache):
-            last = out.write(tokenizer.token_bytes(token)) or last
-        last = out.finish() or last
-        if not last.endswith("\n"):
-            out.stream.write("\n")
-            out.stream.flush()
-
-
-def _newline(tokenizer) -> list[int]:
-    try:
-        ids = tokenizer.encode("\n")
-    except TokenizerError:  # a char vocabulary without "\n": fall back to the first id
-        ids = []
-    return ids or [0]
+        precision = pick_dtype(dtype, dev)
+        model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
+        model.to(precision)
+        text = read_prompt_text(prompt, prompt_file)
+        prompts = split_lines(text) if lines else [text]
+        encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
+                   for i, p in enumerate(prompts)]
+        use_compile = want_compile({None: "auto", True: "on", False: "off"}[compile], dev) and not no_cache
+        if verbose:
+            typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "
+                       f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}", err=True)
+        engine = Engine(model, num_samples, use_cache=not no_cache, compile=use_compile)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty)
+        printer = Printer("json" if as_json else "lines" if lines else "text", echo)
+        for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
+            printer.begin(p)
+            result = complete(engine, tokenizer, p, ids, max_new_tokens, params, seed, stops,
+                              tokenizer.eot_id, printer.on_text)
+            printer.end(result, i)
+            if stats or verbose:
+                typer.echo(stats_line(result), err=True)

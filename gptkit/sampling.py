@@ -1,0 +1,94 @@
+"""Choosing the next token from logits: small typed free functions, as in gpt-fast.
+
+Owns the sampling controls and their order: repetition penalty on the raw logits, then temperature,
+then the top-k, top-p (nucleus) and min-p filters, then one multinomial draw per row (or argmax at
+temperature 0). Each filter takes and returns logits of shape (B, V), with removed tokens set to
+-inf, so they compose and can be checked on hand-made distributions.
+It does not run the model, hold a KV cache or know about text; `generate.py` does the first two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token. The defaults leave every filter off: plain sampling at temperature 1."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float = 1.0  # keep the smallest set of most likely tokens whose mass reaches p (1 = off)
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one (0 = off)
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the context (1 = off)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties at the k-th value are all kept)."""
+    if k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the most likely tokens until their probability mass reaches p (at least one)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+    drop_sorted = mass_before >= p  # the first token always has mass_before 0, so it stays
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the row's most likely token's."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values  # (B, 1)
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: for tokens already seen, divide positive logits and multiply negative ones.
+
+    seen: (B, V) bool, True where the token occurs in that row's prompt or output so far.
+    """
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p, on float32 logits (B, V). Needs temperature > 0."""
+    logits = logits.float() / params.temperature
+    if params.top_k is not None:
+        logits = top_k_filter(logits, params.top_k)
+    logits = top_p_filter(logits, params.top_p)
+    return min_p_filter(logits, params.min_p)
+
+
+def sample_next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, V) -> (next ids (B,), their log-probabilities under the model (B,)).
+
+    The log-probability is the model's own (temperature 1, no penalty or filter), so it scores the
+    text rather than the sampling settings that produced it.
+    """
+    raw = logits.float()
+    shaped = raw if seen is None else apply_repetition_penalty(raw, seen, params.repetition_penalty)
+    if params.temperature == 0:
+        ids = shaped.argmax(dim=-1)
+    else:
+        probs = torch.softmax(filter_logits(shaped, params), dim=-1)
+        ids = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    logprobs = torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    return ids, logprobs
