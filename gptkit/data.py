@@ -7,11 +7,14 @@ Owns the dataset folder format shared by `gptkit train FILE.txt` (cached under t
     DIR/meta.json                tokenizer (complete), dtype, token and character counts, source and its sha256
 
 Validation is the *last* `val_fraction` of the text, cut at a line boundary, so a held-out score
-measures text the model never saw. It does not train models or choose devices.
+measures text the model never saw. Building a folder is `dataset_build.build_dataset` (streamed,
+chunked, parallel); this module reads folders, reuses a cached one, and samples batches.
+It does not train models or choose devices.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +24,7 @@ import numpy as np
 
 from gptkit.corpus import Source
 from gptkit.errors import InputError
-from gptkit.fsio import atomic_write_bytes
-from gptkit.tokenizer import Tokenizer, build_tokenizer, tokenizer_from_dict
+from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
 
 DATASET_FORMAT = 1
 
@@ -32,12 +34,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def split_point(text: str, val_fraction: float) -> int:
-    """Index where validation starts: at val_fraction from the end, moved to the next line start."""
-    cut = int(len(text) * (1.0 - val_fraction))
-    nl = text.find("\n", cut)
-    if nl != -1 and nl + 1 < len(text):
-        return nl + 1
-    return cut
+    """Index in `text` where validation starts: the same cut `build_dataset` makes on the text's
+    UTF-8 bytes (val_fraction from the end, moved to the next line start)."""
+    from gptkit.textchunks import open_text, split_offset
+
+    data = text.encode("utf-8")
+    cut = split_offset(open_text(io.BytesIO(data), "text"), val_fraction)
+    return len(data[:cut].decode("utf-8"))
 
 
 @dataclass
@@ -57,28 +60,6 @@ class TokenDataset:
     def val_tokens_per_char(self) -> float:
         """Converts nats/token into nats/char, so runs with different tokenizers compare."""
         return self.meta["val_tokens"] / max(1, self.meta["val_chars"])
-
-
-def write_dataset(out_dir: Path, tokenizer: Tokenizer, train_ids: np.ndarray, val_ids: np.ndarray,
-                  meta_extra: dict[str, Any]) -> TokenDataset:
-    """Write train.bin, val.bin, then meta.json last: a folder with meta.json is complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(tokenizer.vocab_size)
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists():
-        meta_path.unlink()  # the folder is incomplete until the new meta.json lands
-    atomic_write_bytes(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
-    atomic_write_bytes(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
-    meta = {
-        "format": DATASET_FORMAT,
-        "dtype": dtype.name,
-        "train_tokens": int(len(train_ids)),
-        "val_tokens": int(len(val_ids)),
-        **meta_extra,
-        "tokenizer": tokenizer.to_dict(),
-    }
-    atomic_write_bytes(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-    return load_dataset(out_dir)
 
 
 def load_dataset(path: str | Path) -> TokenDataset:
@@ -122,22 +103,12 @@ def prepare_dataset(source: Source, tokenizer_name: str, vocab_size: int | None,
                 return ds
         except InputError:
             pass  # damaged cache: rebuild below
-    text = source.text
-    cut = split_point(text, val_fraction)
-    train_text, val_text = text[:cut], text[cut:]
-    if tokenizer is None:
-        # char: the vocabulary must cover validation too; bpe: merges learnt from training text only
-        tok_text = text if tokenizer_name == "char" else train_text
-        tokenizer = build_tokenizer(tokenizer_name, text=tok_text, vocab_size=vocab_size)
-    train_ids, val_ids = tokenizer.encode_batch([train_text, val_text])
-    extra = {
-        "key": key,
-        "source": {"path": source.path, "origin": source.origin, "sha256": source.sha256, "bytes": source.n_bytes},
-        "val_fraction": val_fraction,
-        "train_chars": len(train_text),
-        "val_chars": len(val_text),
-    }
-    return write_dataset(out_dir, tokenizer, np.array(train_ids), np.array(val_ids), extra)
+    from gptkit.dataset_build import build_dataset  # the builder imports this module
+    from gptkit.textchunks import open_text
+
+    tf = open_text(io.BytesIO(source.text.encode("utf-8")), repr(source.origin))
+    return build_dataset(tf, out_dir, tokenizer_name, vocab_size, val_fraction, tokenizer,
+                         source={"path": source.path, "origin": source.origin}, key=key)
 
 
 def check_lengths(ds: TokenDataset, block_size: int) -> None:

@@ -25,7 +25,7 @@ import numbers
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -301,18 +301,20 @@ def build_tokenizer(name: str, text: str | None = None, vocab_size: int | None =
     )
 
 
-def _chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
-    """`text` in pieces of about `size` characters, cut after newlines (rustbpe trains in parallel)."""
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end == -1 else end + 1
-        yield text[start:end]
-        start = end
-
-
 def train_bpe(text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> TiktokenTokenizer:
     """Train a byte-level BPE on `text` with rustbpe; encode with tiktoken."""
+    from gptkit.textchunks import split_text
+
+    # rustbpe trains in parallel over pieces; cutting only where no pre-token can span the cut
+    # makes the result identical to streaming the same text in any other pieces (dataset_build).
+    return train_bpe_from_chunks(split_text(text, 1 << 16), vocab_size)
+
+
+def train_bpe_from_chunks(chunks: Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> TiktokenTokenizer:
+    """Train a byte-level BPE on text streamed as `chunks` (rustbpe holds 64 of them at a time).
+
+    Chunks must be cut where no pre-token spans the cut (`textchunks.find_cut`) for the merges to
+    equal those of the whole text."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 256:
         # Checked here because rustbpe panics below 256 (the byte alphabet).
         raise TokenizerError(
@@ -322,7 +324,7 @@ def train_bpe(text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> TiktokenTo
     import rustbpe
 
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(_chunks(text), int(vocab_size))
+    trainer.train_from_iterator(iter(chunks), int(vocab_size), buffer_size=64)
     ranks = {bytes(tok): rank for tok, rank in trainer.get_mergeable_ranks()}
     return TiktokenTokenizer("bpe", "bpe", trainer.get_pattern(), ranks, {})
 

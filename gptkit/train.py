@@ -87,6 +87,7 @@ def load_data(data: str | None, tc: TrainConfig, run_dir: Path, store: Path,
               tokenizer: Tokenizer | None, is_main: bool, barrier: Callable[[], None]) -> TokenDataset:
     """A dataset folder is used as is; a text (file, URL, built-in) is tokenized once under the run."""
     if data is not None and Path(data).is_dir() and (Path(data) / "meta.json").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)  # no cache is written under it, so create it here
         ds = load_dataset(data)
         if tokenizer is not None and ds.meta["tokenizer"] != tokenizer.to_dict():
             raise UsageError(f"dataset {data!r} was built with another tokenizer than the checkpoint's; "

@@ -1,0 +1,262 @@
+"""`gptkit tokenize`: see how text becomes tokens, compare tokenizers, build token datasets.
+
+Parses and checks flags with the standard library, picks one mode (view, --ids, --json, --count,
+--decode, --compare, --out), imports the library lazily and renders. Colour and tables only when
+stdout is a terminal and NO_COLOR is unset; every other output is plain text for scripts.
+The numbers come from `gptkit.tokenview` and `gptkit.dataset_build`; the drawing is in
+`gptkit.cli.tokenize_render`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gptkit.cli.app import app, handle_errors
+from gptkit.config import TrainConfig
+from gptkit.errors import InputError, UsageError
+
+_MODES = ("ids", "json", "count", "decode", "compare", "out")
+_TRAINED = ("char", "bpe")  # tokenizers that learn from text
+
+
+def rich_output() -> bool:
+    """Colour and tables on stdout only for a person at a terminal who has not asked for NO_COLOR."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lines: bool,
+                tokenizer: str | None, checkpoint: str | None, val_fraction: float) -> str:
+    """The one mode asked for ("view" if none); bad combinations are one-line usage errors."""
+    chosen = [m for m in _MODES if modes[m]]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one of --ids, --json, --count, --decode, --compare, --out (got {', '.join(chosen)})")
+    mode = chosen[0] if chosen else "view"
+    if lines and mode not in ("ids", "json", "count", "decode"):
+        raise UsageError("--lines goes with --ids, --json, --count or --decode")
+    if text is not None and file is not None:
+        raise UsageError("give the text as an argument or with --file, not both")
+    if tokenizer is not None and checkpoint is not None:
+        raise UsageError("--checkpoint brings its own tokenizer; drop --tokenizer")
+    if mode == "compare" and checkpoint is not None:
+        raise UsageError("--compare takes tokenizer names in its list, not --checkpoint")
+    if mode == "out" and text is None and file is None:
+        raise UsageError("--out needs the text file to tokenize: gptkit tokenize FILE --out DIR")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    return mode
+
+
+def read_input(text: str | None, file: Path | None, as_path: bool) -> str:
+    """The text to work on: the argument (a path when `as_path`), --file, `-` or a pipe on stdin."""
+    from gptkit.corpus import decode_utf8, read_text
+
+    if file is not None or (as_path and text not in (None, "-")):
+        return read_text(file if file is not None else text)
+    if text is not None and text != "-":
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the TEXT argument is not valid UTF-8; pass the text in a file with --file") from None
+        if not text:
+            raise InputError("the TEXT argument is empty; give some text")
+        return text
+    if text is None and sys.stdin.isatty():
+        raise UsageError("no text: give TEXT, --file FILE, or pipe text in (see `gptkit tokenize --help`)")
+    return decode_utf8(sys.stdin.buffer.read(), "stdin")
+
+
+def parse_ids(line: str, where: str) -> list[int]:
+    """Token ids written as integers separated by spaces or commas (a JSON list works too)."""
+    out = []
+    for word in re.split(r"[\s,\[\]]+", line):
+        if not word:
+            continue
+        try:
+            out.append(int(word))
+        except ValueError:
+            raise InputError(f"{word[:20]!r} {where} is not a token id; --decode reads integers separated "
+                             "by spaces") from None
+    return out
+
+
+def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Path | None,
+                       train_text: str | None, vocab_size: int | None, decoding: bool = False):
+    """The tokenizer asked for: a checkpoint's own, a saved JSON file, or a name (char and bpe learn
+    from `train_text`)."""
+    if checkpoint is not None:
+        from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
+        from gptkit.tokenizer import tokenizer_from_dict
+
+        return tokenizer_from_dict(read_info(resolve(checkpoint, checkpoints)).meta["tokenizer"])
+    from gptkit.tokenview import resolve_tokenizer
+
+    name = spec or TrainConfig.tokenizer
+    if decoding and name in _TRAINED and train_text is None:
+        raise UsageError(f"--decode with {name} needs the tokenizer that made the ids: pass --tokenizer FILE.json "
+                         "(saved with --save-tokenizer), --checkpoint, or --train-file")
+    return resolve_tokenizer(name, train_text, vocab_size)
+
+
+@app.command("tokenize")
+def tokenize_command(
+    text: Optional[str] = typer.Argument(None, help="text to tokenize (`-` = stdin); the FILE for --out and "
+                                         "--compare; ids for --decode", show_default=False),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="read the text from this file"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t",
+                                            help="char | byte | bpe | gpt2 | r50k_base | cl100k_base | o200k_base "
+                                                 "| … | a tokenizer .json file [default: char]"),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="bpe vocabulary size [default: 1024]"),
+    train_file: Optional[Path] = typer.Option(None, "--train-file",
+                                              help="text that char and bpe learn from [default: the input text]"),
+    save_tokenizer: Optional[Path] = typer.Option(None, "--save-tokenizer", help="write the tokenizer to this .json"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="use a checkpoint's tokenizer (PATH or RUN)"),
+    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
+                                               help="checkpoint store folder [default: ./checkpoints]"),
+    ids: bool = typer.Option(False, "--ids", help="print token ids separated by spaces"),
+    lines: bool = typer.Option(False, "--lines", help="with --ids/--json/--count/--decode: one line per input line"),
+    json_out: bool = typer.Option(False, "--json", help="print ids, pieces (text and bytes) and offsets as JSON"),
+    count: bool = typer.Option(False, "--count", help="print just the number of tokens"),
+    decode: bool = typer.Option(False, "--decode", help="read token ids, print the text they stand for"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="tokenizers to compare side by side on FILE, "
+                                          "e.g. byte,gpt2,bpe"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="build a dataset folder from FILE: train.bin, "
+                                       "val.bin, meta.json"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="with --out: the last fraction held out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Show how text becomes tokens; compare tokenizers; build token datasets.
+
+    Examples: gptkit tokenize "안녕하세요 저는 ChatGPT입니다" -t gpt2 | gptkit tokenize --compare byte,gpt2,bpe
+    novel.txt | gptkit tokenize novel.txt --out data/novel -t bpe | echo hi | gptkit tokenize --ids -t gpt2
+    """
+    with handle_errors():
+        modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
+                 "compare": compare is not None, "out": out is not None}
+        mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, val_fraction)
+        train_text = None
+        if train_file is not None:
+            from gptkit.corpus import read_text
+
+            train_text = read_text(train_file)
+        if mode == "out":
+            _build(text, file, out, tokenizer, checkpoint, checkpoints, train_text, vocab_size, val_fraction,
+                   save_tokenizer, quiet)
+            return
+        source = read_input(text, file, as_path=mode == "compare")
+        if mode == "compare":
+            _compare(source, compare, vocab_size, train_text)
+            return
+        tok = load_tokenizer_for(tokenizer, checkpoint, checkpoints, train_text if mode == "decode" else
+                                 (train_text or source), vocab_size, decoding=mode == "decode")
+        if save_tokenizer is not None:
+            from gptkit.tokenizer import save_tokenizer as save
+
+            save(tok, save_tokenizer)
+        if mode == "decode":
+            _decode(tok, source, lines)
+        elif mode == "view":
+            _view(tok, source)
+        else:
+            _script_output(tok, source, mode, lines)
+
+
+def _decode(tok, source: str, lines: bool) -> None:
+    out = sys.stdout.buffer
+    if lines:
+        for n, line in enumerate(source.splitlines(), 1):
+            out.write(tok.decode_bytes(parse_ids(line, f"on line {n}")) + b"\n")
+    else:
+        out.write(tok.decode_bytes(parse_ids(source, "in the input")))
+    out.flush()
+
+
+def _script_output(tok, source: str, mode: str, lines: bool) -> None:
+    """--ids, --json, --count: for the whole text, or one line of output per input line."""
+    import json
+
+    parts = source.split("\n") if lines else [source]
+    if lines and source.endswith("\n"):
+        parts.pop()  # the final newline ends the last line; it does not start another
+    out = []
+    for part in parts:
+        part_ids = tok.encode(part)
+        if mode == "ids":
+            out.append(" ".join(map(str, part_ids)))
+        elif mode == "count":
+            out.append(str(len(part_ids)))
+        else:
+            from gptkit.tokenview import tokens_of
+
+            doc = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "chars": len(part),
+                   "bytes": len(part.encode("utf-8")), "count": len(part_ids), "ids": part_ids,
+                   "tokens": [t.__dict__ for t in tokens_of(tok, part, part_ids)]}
+            out.append(json.dumps(doc, ensure_ascii=False))
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+
+
+def _view(tok, source: str) -> None:
+    from gptkit.cli import tokenize_render as render
+    from gptkit.tokenview import Counts, tokens_of
+
+    token_ids = tok.encode(source)
+    tokens = tokens_of(tok, source, token_ids)
+    counts = Counts(len(source), len(source.encode("utf-8")), len(token_ids))
+    if rich_output():
+        render.rich_view(tok, source, tokens, counts)
+    else:
+        sys.stdout.write(render.plain_view(tok, source, tokens, counts))
+        sys.stdout.flush()
+
+
+def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | None) -> None:
+    from gptkit.cli import tokenize_render as render
+    from gptkit.tokenview import compare
+
+    specs = [s.strip() for s in spec.split(",") if s.strip()]
+    if not specs:
+        raise UsageError("--compare needs a comma-separated list of tokenizers, e.g. byte,gpt2,bpe")
+    rows = compare(source, specs, vocab_size, train_text)
+    if rich_output():
+        render.rich_compare(rows)
+    else:
+        sys.stdout.write(render.plain_compare(rows))
+        sys.stdout.flush()
+
+
+def _build(text: str | None, file: Path | None, out: Path, spec: str | None, checkpoint: str | None,
+           checkpoints: Path | None, train_text: str | None, vocab_size: int | None, val_fraction: float,
+           save_tokenizer: Path | None, quiet: bool) -> None:
+    """--out: stream FILE into a dataset folder, with a progress bar on stderr at a terminal."""
+    from gptkit.cli import tokenize_render as render
+    from gptkit.dataset_build import build_dataset
+    from gptkit.textchunks import open_path
+
+    path = file if file is not None else Path(text)
+    from gptkit.tokenizer import TOKENIZER_NAMES
+
+    name = spec or TrainConfig.tokenizer
+    given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
+    if checkpoint is not None or train_text is not None or name not in TOKENIZER_NAMES:
+        given = load_tokenizer_for(spec, checkpoint, checkpoints, train_text, vocab_size)
+    tf = open_path(path)
+    progress = render.BuildProgress(enabled=not quiet)
+    try:
+        ds = build_dataset(tf, out, None if given else name, vocab_size, val_fraction, given,
+                           source={"path": str(path.resolve()), "origin": str(path)}, progress=progress)
+    finally:
+        progress.close()
+        tf.f.close()
+    if save_tokenizer is not None:
+        from gptkit.tokenizer import save_tokenizer as save
+
+        save(ds.tokenizer, save_tokenizer)
+    if not quiet:
+        typer.echo(render.build_summary(ds), err=True)
+

@@ -1,0 +1,148 @@
+"""How `gptkit tokenize` draws its results: rich views for a terminal, plain text for everything else.
+
+Owns the colours (alternating token backgrounds; a character split across tokens underlined on
+underlined), the token and comparison tables, the plain forms scripts read (pieces joined by
+`|`, tab-separated tables), and the dataset-build progress bar on stderr. It computes nothing
+(`gptkit.tokenview` does) and imports rich only when drawing for a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+from gptkit.tokenview import CompareRow, Counts, Token, segments, visible_char
+
+PALETTE = ("black on #a8dadc", "black on #f1c0e8", "black on #fde4cf", "black on #b9fbc0", "black on #cfbaf0")
+MAX_ROWS = 1000  # the terminal table stops here; --json lists every token
+
+
+def counts_line(tok: Any, counts: Counts) -> str:
+    return (f"{counts.chars:,} characters, {counts.bytes:,} bytes, {counts.tokens:,} tokens, "
+            f"{counts.bytes_per_token:.2f} bytes per token ({tok.name}, {tok.vocab_size:,} ids)")
+
+
+def plain_view(tok: Any, text: str, tokens: list[Token], counts: Counts) -> str:
+    """Token labels joined by `|`; characters split across tokens as {안=<0xEC>|<0x95>|<0x88>}; a new
+    line after each token that ends a line; then the counts."""
+    parts: list[str] = []
+    for seg, first, stop, split in segments(text, tokens):
+        if parts and not parts[-1].endswith("\n"):
+            parts.append("|")
+        labels = "|".join(t.label for t in tokens[first:stop])
+        if split:
+            labels = "{" + "".join(map(visible_char, seg)) + "=" + labels + "}"
+        parts.append(labels + ("\n" if seg.endswith("\n") else ""))
+    body = "".join(parts)
+    return body + ("" if body.endswith("\n") else "\n") + counts_line(tok, counts) + "\n"
+
+
+def rich_view(tok: Any, text: str, tokens: list[Token], counts: Counts) -> None:
+    """The text on alternating colours, one per token, then a table of id / piece / bytes, then counts."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    view = Text()
+    any_split = False
+    for n, (seg, _first, _stop, split) in enumerate(segments(text, tokens)):
+        any_split = any_split or split
+        shown = "".join("↵\n" if c == "\n" else visible_char(c) for c in seg)
+        view.append(shown, style=PALETTE[n % len(PALETTE)] + (" underline" if split else ""))
+    console.print(view)
+    if any_split:
+        console.print(Text("underlined: characters split across tokens (their bytes are shown as <0x..> below)",
+                           style="dim"))
+    table = Table(show_edge=False, header_style="bold")
+    for name, justify in (("#", "right"), ("id", "right"), ("piece", "left"), ("bytes", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for k, t in enumerate(tokens[:MAX_ROWS]):
+        piece = Text(t.label)
+        if t.text is None:
+            piece.append(f"  part of {text[t.start:t.end]!r}", style="dim")
+        table.add_row(str(k), str(t.id), piece, " ".join(f"{b:02x}" for b in t.bytes))
+    if len(tokens) > MAX_ROWS:
+        table.caption = f"first {MAX_ROWS:,} of {len(tokens):,} tokens; --json lists them all"
+    console.print(table)
+    console.print(counts_line(tok, counts))
+
+
+_COLUMNS = ("tokenizer", "vocab", "tokens", "bytes/token", "tokens/char", "split chars", "held-out tokens/char",
+            "char/bpe learnt from")
+_SHORT = ("tokenizer", "vocab", "tokens", "bytes/\ntoken", "tokens/\nchar", "split\nchars", "held-out\ntokens/char")
+
+
+def _cells(r: CompareRow) -> tuple[str, ...]:
+    held = "-" if math.isnan(r.held_out_tokens_per_char) else f"{r.held_out_tokens_per_char:.3f}"
+    return (r.tokenizer, f"{r.vocab_size:,}", f"{r.tokens:,}", f"{r.bytes_per_token:.2f}", f"{r.tokens_per_char:.3f}",
+            f"{100 * r.split_share:.1f}%", held)
+
+
+def plain_compare(rows: list[CompareRow]) -> str:
+    """Tab-separated, with a header line; numbers without thousands separators."""
+    lines = ["\t".join(c.replace(" ", "_") for c in _COLUMNS)]
+    for r in rows:
+        lines.append("\t".join((r.tokenizer, str(r.vocab_size), str(r.tokens), f"{r.bytes_per_token:.4f}",
+                                f"{r.tokens_per_char:.4f}", f"{r.split_share:.4f}", f"{r.held_out_tokens_per_char:.4f}",
+                                r.trained_on.replace(" ", "_") or "-")))
+    return "\n".join(lines) + "\n"
+
+
+def rich_compare(rows: list[CompareRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold", caption="held-out: the last 10% of the text (bpe learnt from the rest, char from all); "
+                  "split chars: tokens that start or end inside a multi-byte character")
+    for i, name in enumerate(_SHORT):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(*_cells(r))
+    Console(highlight=False).print(table)
+
+
+class BuildProgress:
+    """The `--out` progress bar on stderr (only at a terminal); silent otherwise."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty() and not os.environ.get("NO_COLOR") \
+            and os.environ.get("TERM") != "dumb"
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(TextColumn("{task.description:<13}"), BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), TimeRemainingColumn(),
+                                     console=Console(file=sys.stderr), transient=True)
+            self.progress.start()
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total)
+        self.progress.update(self.tasks[phase], completed=done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def build_summary(ds: Any) -> str:
+    m = ds.meta
+    return (f"wrote {ds.path}/: {m['train_tokens']:,} train + {m['val_tokens']:,} val tokens "
+            f"({ds.tokenizer.name}, {ds.tokenizer.vocab_size:,} ids, {m['dtype']}); "
+            f"train on it with: gptkit train {ds.path}")

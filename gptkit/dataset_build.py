@@ -1,0 +1,219 @@
+"""Building a token dataset folder from a text of any size: streamed, in bounded memory, on all cores.
+
+Owns `build_dataset`, the one code path behind both `gptkit tokenize FILE --out DIR` and
+`gptkit train FILE.txt` (which caches the folder under `checkpoints/<run>/data/`), and the fast
+array encoders it uses: numpy table lookups for ``char`` and ``byte``, tiktoken's native
+`encode_to_numpy` on a thread pool (it releases the GIL) for ``bpe`` and named encodings.
+
+How it stays exact and bounded:
+1. the validation split is one byte offset of the whole file (`textchunks.split_offset`);
+2. a ``char`` vocabulary is collected in a first pass over the file, a ``bpe`` is trained by
+   rustbpe streaming the training part;
+3. each side is read in blocks, cut into chunks where tokenization cannot change
+   (`textchunks.find_cut`), encoded a few chunks at a time and appended to temporary ``.bin``
+   files, which are renamed at the end, `meta.json` last. The result is byte-identical whatever
+   the chunk size and equals encoding each side of the split whole.
+
+It does not read the folder back for training (`data.py` does) and never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptkit.data import DATASET_FORMAT, TokenDataset, load_dataset, token_dtype
+from gptkit.errors import InputError
+from gptkit.fsio import atomic_write_bytes, temp_path
+from gptkit.textchunks import TextFile, read_blocks, rechunk, split_offset
+from gptkit.tokenizer import (
+    CharTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    train_bpe_from_chunks,
+)
+
+CHUNK_CHARS = 1 << 20  # characters encoded per task; a few are in flight per worker
+UNICODE_SIZE = 0x110000  # code points: a char tokenizer's lookup table has one int32 per code point
+Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
+
+
+def array_encoder(tok: Tokenizer) -> Callable[[str], np.ndarray]:
+    """A function text -> ids as a numpy array, equal to `tok.encode` but without Python ints."""
+    if tok.kind == "byte":
+        return lambda text: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if isinstance(tok, CharTokenizer):
+        table = np.full(UNICODE_SIZE, -1, dtype=np.int32)
+        table[_code_points(tok.chars)] = np.arange(len(tok.chars), dtype=np.int32)
+
+        def encode_chars(text: str) -> np.ndarray:
+            ids = table[_code_points(text)]  # (n_chars,), -1 where the vocabulary lacks the character
+            if ids.size and ids.min() < 0:
+                tok.encode(text)  # raises the error that lists the unknown characters
+            return ids
+
+        return encode_chars
+    if isinstance(tok, TiktokenTokenizer):
+        # special-token text stays ordinary text, exactly as encode_ordinary
+        return lambda text: tok.enc.encode_to_numpy(text, disallowed_special=())
+    return lambda text: np.asarray(tok.encode(text), dtype=np.uint32)
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def collect_chars(blocks: Iterator[str]) -> str:
+    """The sorted distinct characters of the text streamed as `blocks` (the char vocabulary)."""
+    seen = np.zeros(UNICODE_SIZE, dtype=bool)
+    for block in blocks:
+        seen[_code_points(block)] = True
+    return "".join(map(chr, np.flatnonzero(seen)))
+
+
+def tokenizer_for_file(tf: TextFile, split: int, name: str, vocab_size: int | None,
+                       progress: Progress | None = None) -> Tokenizer:
+    """Build the tokenizer `name` for a file: char learns from all of it (validation must be
+    encodable), bpe from the training part [start, split) only; the others need no text."""
+    def bytes_seen(phase: str, lo: int, hi: int) -> Callable[[bytes], None] | None:
+        if progress is None:
+            return None
+        done = [0]
+
+        def tick(raw: bytes) -> None:
+            done[0] += len(raw)
+            progress(phase, done[0], hi - lo)
+
+        return tick
+
+    if name == "char":
+        chars = collect_chars(read_blocks(tf, tf.start, tf.end, on_bytes=bytes_seen("vocabulary", tf.start, tf.end)))
+        if not chars.strip():
+            raise InputError(f"{tf.name} is only whitespace; give a file with some text in it")
+        return CharTokenizer(chars)
+    if name == "bpe":
+        if split <= tf.start:
+            raise InputError(f"{tf.name} leaves no training text before the validation split; use more text")
+        blocks = read_blocks(tf, tf.start, split, on_bytes=bytes_seen("training bpe", tf.start, split))
+        return train_bpe_from_chunks(rechunk(blocks, 1 << 16), 1024 if vocab_size is None else vocab_size)
+    return build_tokenizer(name, vocab_size=vocab_size)
+
+
+def _encode_side(tf: TextFile, lo: int, hi: int, encode: Callable[[str], np.ndarray], exact: bool,
+                 out: Any, dtype: np.dtype, on_bytes: Callable[[bytes], None], chunk_chars: int,
+                 pool: ThreadPoolExecutor, in_flight: int) -> tuple[int, int, bool]:
+    """Encode bytes [lo, hi) chunk by chunk into the open file `out`; (tokens, characters, any non-space)."""
+    n_tokens = n_chars = 0
+    nonblank = False
+    pending: deque = deque()
+
+    def write_one() -> None:
+        nonlocal n_tokens
+        ids = pending.popleft().result()
+        ids.astype(dtype, copy=False).tofile(out)
+        n_tokens += len(ids)
+
+    for chunk in rechunk(read_blocks(tf, lo, hi, chunk_chars, on_bytes), chunk_chars, exact):
+        n_chars += len(chunk)
+        nonblank = nonblank or not chunk.isspace()
+        pending.append(pool.submit(encode, chunk))
+        if len(pending) >= in_flight:
+            write_one()  # keep only a few chunks in memory; results are written in order
+    while pending:
+        write_one()
+    return n_tokens, n_chars, nonblank
+
+
+def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None, vocab_size: int | None = None,
+                  val_fraction: float = 0.1, tokenizer: Tokenizer | None = None,
+                  source: dict[str, Any] | None = None, key: dict[str, Any] | None = None,
+                  chunk_chars: int = CHUNK_CHARS, workers: int | None = None,
+                  progress: Progress | None = None) -> TokenDataset:
+    """Tokenize the text of `tf` into out_dir/train.bin, val.bin and meta.json (written last).
+
+    `tokenizer` is used as is when given, else `tokenizer_name` (+ `vocab_size` for bpe) is built
+    from the file. `source` (path, origin) and `key` (what a cache must match) go into meta.json.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"the validation fraction must be in [0, 1), got {val_fraction}")
+    if chunk_chars < 1:
+        raise InputError(f"chunk size must be positive, got {chunk_chars}")
+    split = split_offset(tf, val_fraction)
+    if tokenizer is None:
+        if tokenizer_name is None:
+            raise InputError("build_dataset needs a tokenizer or a tokenizer name")
+        tokenizer = tokenizer_for_file(tf, split, tokenizer_name, vocab_size, progress)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create dataset folder {str(out_dir)!r}: {e.strerror}") from None
+    (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the new meta.json lands
+    counts, sha = _write_bins(tf, split, tokenizer, out_dir, chunk_chars, workers, progress)
+    meta = {
+        "format": DATASET_FORMAT,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "train_tokens": counts["train"][0],
+        "val_tokens": counts["val"][0],
+        "key": key if key is not None else {"source_sha256": sha, "tokenizer_name": tokenizer_name or tokenizer.name,
+                                            "bpe_vocab_size": vocab_size, "val_fraction": val_fraction},
+        "source": {**(source or {}), "sha256": sha, "bytes": tf.n_bytes},
+        "val_fraction": val_fraction,
+        "split_byte": split - tf.start,  # validation starts at this offset of the text's UTF-8 bytes
+        "train_chars": counts["train"][1],
+        "val_chars": counts["val"][1],
+        "tokenizer": tokenizer.to_dict(),
+    }
+    atomic_write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    return load_dataset(out_dir)
+
+
+def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_chars: int, workers: int | None,
+                progress: Progress | None) -> tuple[dict[str, tuple[int, int]], str]:
+    """Encode both sides into temporary files, then rename them into place; (counts, sha256 of the text)."""
+    encode = array_encoder(tok)
+    dtype = token_dtype(tok.vocab_size)
+    exact = tok.kind not in ("char", "byte")  # regex pre-tokenizers need cuts no piece spans
+    workers = workers or os.cpu_count() or 1
+    sha = hashlib.sha256()
+    done = [0]
+
+    def seen(raw: bytes) -> None:
+        sha.update(raw)
+        done[0] += len(raw)
+        if progress is not None:
+            progress("encoding", done[0], tf.n_bytes)
+
+    temps = {side: temp_path(out_dir / f"{side}.bin") for side in ("train", "val")}
+    counts: dict[str, tuple[int, int]] = {}
+    nonblank = False
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for side, (lo, hi) in (("train", (tf.start, split)), ("val", (split, tf.end))):
+                with open(temps[side], "wb") as out:
+                    n_tokens, n_chars, side_nonblank = _encode_side(tf, lo, hi, encode, exact, out, dtype, seen,
+                                                                    chunk_chars, pool, 2 * workers)
+                    out.flush()
+                    os.fsync(out.fileno())
+                counts[side] = (n_tokens, n_chars)
+                nonblank = nonblank or side_nonblank
+        if not nonblank:
+            raise InputError(f"{tf.name} is only whitespace; give a file with some text in it")
+        for side, tmp in temps.items():
+            os.replace(tmp, out_dir / f"{side}.bin")
+    except OSError as e:
+        raise InputError(f"cannot write dataset folder {str(out_dir)!r} ({e.strerror or e}); free space or "
+                         "choose another --out") from None
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return counts, sha.hexdigest()
