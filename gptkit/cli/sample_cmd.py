@@ -43,8 +43,6 @@ def read_prompt_text(prompt: str | None, prompt_file: Path | None) -> str:
     """The prompt text from --prompt, --prompt-file, or stdin (empty when stdin is a terminal)."""
     from gptkit.corpus import decode_utf8
 
-    if prompt is not None and prompt_file is not None:
-        raise UsageError("give --prompt or --prompt-file, not both")
     if prompt is not None:
         return prompt
     if prompt_file is not None:
@@ -186,6 +184,8 @@ def sample_command(
     """Generate text from a trained checkpoint, streamed to stdout (JSON lines with --json)."""
     with handle_errors():
         stops = stop or []
+        if prompt is not None and prompt_file is not None:
+            raise UsageError("give --prompt or --prompt-file, not both")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")

@@ -1,0 +1,141 @@
+"""Sampling speed at the `baby` dims (6 layers, 6 heads, 384 wide, block 256, vocab 65), batch 1.
+
+Prints, measured in one run so the ratios hold on a noisy machine:
+  1. tokens/s for N new tokens (default 500) with the KV cache and with the no-cache reference path
+     (`--no-cache`: a full forward over the window at every step), at several prompt lengths;
+  2. the per-token time by context length: flat with the cache, growing without it;
+  3. when `transformers` is installed, `GPT2LMHeadModel.generate` (its own KV cache) with the same
+     dims and weights, greedy, inside one block (GPT-2 cannot go past its positions); the two
+     greedy texts must agree, which checks the weight mapping;
+  4. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
+     texts agree and how far the logits drift.
+Random weights: speed does not depend on them.
+
+    python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--dtype bfloat16] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from gptkit.config import ModelConfig
+from gptkit.generate import Engine
+from gptkit.model import GPT
+from gptkit.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+BABY = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0)
+
+
+def timed_run(engine: Engine, prompt: list[int], n: int) -> tuple[float, list[float], list[int], list[torch.Tensor]]:
+    """(tokens/s, seconds per step, ids, logits) for n greedy tokens."""
+    times, ids, logits = [], [], []
+    t0 = last = time.perf_counter()
+    for step in engine.generate(prompt, n, GREEDY, seed=0):
+        ids.append(int(step.ids[0]))
+        logits.append(step.logits[0].float().clone())
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    return n / (last - t0), times, ids, logits
+
+
+def by_context(times: list[float], prompt_len: int, block: int, keep: int, bucket: int = 64) -> dict[int, float]:
+    """Mean ms per token, grouped by how many tokens the model saw for it (the window's length)."""
+    groups: dict[int, list[float]] = {}
+    start, n = max(0, prompt_len - block), prompt_len
+    for t in times[1:]:  # the first step includes the prompt's prefill
+        n += 1
+        start = start if n - start <= block else n - keep
+        groups.setdefault((n - start - 1) // bucket * bucket, []).append(t)  # 1-64 -> 0, 65-128 -> 64, ...
+    return {k: 1000 * sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def hf_model(model: GPT):
+    """GPT2LMHeadModel with the same weights, or None when transformers is not installed."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from gptkit.hf import hf_config_from, to_hf_state_dict  # the weight-name map `gptkit convert` uses
+    except ImportError:
+        return None
+
+    fields = {k: v for k, v in hf_config_from(model.config).items() if k not in ("architectures", "torch_dtype")}
+    ref = GPT2LMHeadModel(GPT2Config(**fields)).eval()
+    missing, unexpected = ref.load_state_dict(to_hf_state_dict(model.state_dict(), model.config), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    ref.tie_weights()
+    return ref
+
+
+def compare_hf(model: GPT, engine: Engine, prompt: list[int]) -> None:
+    ref = hf_model(model)
+    if ref is None:
+        print("transformers is not installed: skipped the GPT2LMHeadModel.generate comparison")
+        return
+    n = model.config.block_size - len(prompt)  # GPT-2 has no positions past its block
+    ids = torch.tensor([prompt])
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+              pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        ref.generate(ids, max_new_tokens=4, **{k: v for k, v in kw.items() if "new_tokens" not in k})  # warm up
+        t0 = time.perf_counter()
+        out = ref.generate(ids, **kw)
+        hf_tps = n / (time.perf_counter() - t0)
+    tps, _, mine, _ = timed_run(engine, prompt, n)
+    same = out[0, len(prompt):].tolist() == mine
+    print(f"\nvs transformers GPT2LMHeadModel.generate, {n} greedy tokens after a {len(prompt)}-token prompt:")
+    print(f"  gptkit {tps:7.1f} tokens/s | transformers {hf_tps:7.1f} tokens/s | ratio {tps / hf_tps:.2f}x "
+          f"| same greedy text: {same}")
+
+
+def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[int], list[torch.Tensor]]) -> None:
+    tps32, ids32, logits32 = fp32
+    half = GPT(model.config).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
+    tps16, _, ids16, logits16 = timed_run(Engine(half), prompt, n)
+    agree = next((i for i, (a, b) in enumerate(zip(ids32, ids16, strict=True)) if a != b), n)
+    drift = max((a - b).abs().max().item() for a, b in zip(logits32[:agree], logits16[:agree], strict=True)) \
+        if agree else float("nan")
+    print(f"\nbf16 weights, cache, {n} tokens: {tps16:.1f} tokens/s vs fp32 {tps32:.1f} ({tps16 / tps32:.2f}x); "
+          f"greedy texts agree for {agree}/{n} tokens; max logit difference before that {drift:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=500)
+    ap.add_argument("--contexts", default="16,128,240", help="prompt lengths, comma-separated")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="bfloat16 also runs the bf16 vs fp32 comparison")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = GPT(BABY).eval()
+    n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
+    cached, plain = Engine(model, compile=args.compile), Engine(model, use_cache=False)
+    print(f"baby dims {BABY.n_layer}x{BABY.n_embd}, block {BABY.block_size}, batch 1, fp32, "
+          f"{torch.get_num_threads()} threads, compile {'on' if args.compile else 'off'}")
+    timed_run(cached, list(range(8)), 8)  # warm up (and compile, if asked)
+    first = None
+    for ctx in contexts:
+        prompt = [i % BABY.vocab_size for i in range(ctx)]
+        tps_c, times_c, ids_c, logits_c = timed_run(cached, prompt, n)
+        tps_p, times_p, ids_p, _ = timed_run(plain, prompt, n)
+        first = first or (tps_c, ids_c, logits_c)
+        print(f"\nprompt {ctx:3d} tokens, {n} new: cache {tps_c:7.1f} tokens/s | no cache {tps_p:6.1f} tokens/s "
+              f"| {tps_c / tps_p:5.1f}x | same greedy text: {ids_c == ids_p}")
+        flat_c = by_context(times_c, ctx, BABY.block_size, cached.keep)
+        flat_p = by_context(times_p, ctx, BABY.block_size, plain.keep)
+        print("  ms/token by context length:", " | ".join(
+            f"{k + 1}-{k + 64}: {flat_c[k]:.2f} vs {flat_p.get(k, float('nan')):.1f}" for k in flat_c))
+    compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
+    if args.dtype == "bfloat16":
+        compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
+
+
+if __name__ == "__main__":
+    main()

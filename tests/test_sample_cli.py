@@ -1,0 +1,117 @@
+"""`gptkit sample` in a pipe: stop strings cut exactly, --lines --json as a batch job, streamed
+Korean with no broken characters, stats on stderr only, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import KOREAN, assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def korean_bytes(tmp_path_factory):
+    """A byte-level model trained for real on Korean: every Hangul syllable is three tokens."""
+    from gptkit.config import resolve_config
+    from gptkit.train import train
+
+    store = tmp_path_factory.mktemp("ko")
+    text = KOREAN.read_text(encoding="utf-8")[:400_000]
+    (store / "ko.txt").write_text(text, encoding="utf-8")
+    mc, tc = resolve_config("tiny", None, dict(tokenizer="byte", n_layer=2, n_embd=96, block_size=48,
+                                               max_iters=250, eval_interval=250, eval_iters=5))
+    train(mc, tc, str(store / "ko.txt"), store / "ko", store)
+    return store / "ko"
+
+
+def sample(run, *args: str, **kw) -> subprocess.CompletedProcess:
+    proc = run_cli("sample", "-c", str(run), *args, **kw)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_stop_string_spanning_tokens_is_cut_exactly(trained_run, tmp_path):
+    run = trained_run["run_dir"]
+    free = sample(run, "-p", "KING:", "-n", "120", "--seed", "1", "--no-echo", "--json", cwd=tmp_path)
+    full = json.loads(free.stdout)["text"]
+    stop = full[40:44]  # four characters: four tokens of this char model
+    out = sample(run, "-p", "KING:", "-n", "120", "--seed", "1", "--no-echo", "--stop", stop, "--stop", "@@",
+                 "--stats", cwd=tmp_path)
+    expected = full[:full.index(stop)]
+    assert out.stdout == expected + ("" if expected.endswith("\n") else "\n")
+    assert stop not in out.stdout
+    stats = out.stderr.strip().splitlines()
+    assert len(stats) == 1 and "tokens/s" in stats[0] and "first token" in stats[0]  # stats on stderr only
+
+
+def test_lines_json_is_one_valid_object_per_sample_in_order(trained_run, tmp_path):
+    prompts = ["ROMEO:", "", "To be, or not"]
+    args = ("--lines", "--json", "--num-samples", "2", "-n", "30", "--seed", "3", "--top-p", "0.9")
+    out = sample(trained_run["run_dir"], *args, input="\n".join(prompts) + "\n", cwd=tmp_path)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["prompt_index"], r["sample"], r["prompt"]) for r in rows] == \
+        [(i, j, p) for i, p in enumerate(prompts) for j in range(2)]
+    for r in rows:
+        assert r["finish_reason"] == "length" and len(r["token_ids"]) == len(r["logprobs"]) == 30
+        assert len(r["text"]) == 30 and all(lp <= 0 for lp in r["logprobs"]) and r["seed"] == 3
+        assert r["timing"]["tokens_per_second"] > 0
+    assert rows[0]["text"] != rows[1]["text"]  # two independent samples of one prompt
+    again = sample(trained_run["run_dir"], *args, input="\n".join(prompts) + "\n", cwd=tmp_path)
+    assert [r["text"] for r in rows] == [json.loads(x)["text"] for x in again.stdout.splitlines()]  # --seed
+    plain = sample(trained_run["run_dir"], *(a for a in args if a != "--json"), input="\n".join(prompts) + "\n",
+                   cwd=tmp_path)
+    lines = plain.stdout.split("\n")
+    assert len(lines) == 7 and lines[-1] == ""  # one result per line, newlines inside escaped
+    for line, r in zip(lines, rows, strict=False):
+        assert line == r["prompt"] + r["text"].replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def test_streamed_korean_never_shows_a_broken_character(korean_bytes, tmp_path):
+    args = ("-p", "그날 밤", "-n", "90", "-t", "0")  # greedy: a model this small still slips at higher temperature
+    js = json.loads(sample(korean_bytes, *args, "--json", cwd=tmp_path).stdout)
+    whole = bytes(js["token_ids"]).decode("utf-8", errors="replace")  # decoded at once, not streamed
+    assert js["text"] == whole and "\ufffd" not in whole and sum("가" <= c <= "힣" for c in whole) > 10
+    out = sample(korean_bytes, *args, cwd=tmp_path).stdout  # streamed: one byte token at a time
+    assert out == "그날 밤" + whole + ("" if whole.endswith("\n") else "\n")
+
+
+def test_output_streams_before_generation_ends(trained_run, tmp_path):
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"}
+    cmd = [sys.executable, "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:",
+           "-n", "100000", "--no-echo"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = os.read(proc.stdout.fileno(), 64)  # returns as soon as the first text is flushed
+        assert first and proc.poll() is None  # text arrived while the model was still generating
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--min-p", "2"], "--min-p"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--stop", ""], "--stop"),
+    (["-p", "a", "--prompt-file", "p.txt"], "not both"),
+    (["-c", "ghost"], "ghost"),
+    ([], "no runs"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, needle):
+    assert_one_line_error(run_cli("sample", *args, cwd=tmp_path, input=""), needle)
+
+
+def test_prompt_outside_the_char_vocabulary(trained_run, tmp_path):
+    proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO: 안녕 ☃", cwd=tmp_path)
+    assert_one_line_error(proc, "vocabulary lacks", "'안'", "'☃'")
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("ROMEO:\nJULIET: ☃\n", encoding="utf-8")
+    proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt-file", str(bad), "--lines", cwd=tmp_path)
+    assert_one_line_error(proc, "line 2", "'☃'")
+    assert proc.stdout == ""  # checked before anything is generated
