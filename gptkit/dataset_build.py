@@ -42,7 +42,7 @@ from gptkit.tokenizer import (
     train_bpe_from_chunks,
 )
 
-CHUNK_CHARS = 1 << 20  # characters encoded per task; a few are in flight per worker
+CHUNK_CHARS = 1 << 18  # characters encoded per task (small enough that the last tasks do not idle a core)
 UNICODE_SIZE = 0x110000  # code points: a char tokenizer's lookup table has one int32 per code point
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
@@ -108,29 +108,32 @@ def tokenizer_for_file(tf: TextFile, split: int, name: str, vocab_size: int | No
     return build_tokenizer(name, vocab_size=vocab_size)
 
 
-def _encode_side(tf: TextFile, lo: int, hi: int, encode: Callable[[str], np.ndarray], exact: bool,
-                 out: Any, dtype: np.dtype, on_bytes: Callable[[bytes], None], chunk_chars: int,
-                 pool: ThreadPoolExecutor, in_flight: int) -> tuple[int, int, bool]:
-    """Encode bytes [lo, hi) chunk by chunk into the open file `out`; (tokens, characters, any non-space)."""
-    n_tokens = n_chars = 0
+def _encode_sides(tf: TextFile, split: int, encode: Callable[[str], np.ndarray], exact: bool, outs: dict[str, Any],
+                  dtype: np.dtype, on_bytes: Callable[[bytes], None], chunk_chars: int, pool: ThreadPoolExecutor,
+                  in_flight: int) -> tuple[dict[str, list[int]], bool]:
+    """Encode the training part, then validation, chunk by chunk into the open files `outs`, with a
+    few chunks in flight on the pool (one queue for both, so no pause at the split).
+    Returns ({side: [tokens, characters]}, whether any character was not whitespace)."""
+    counts = {"train": [0, 0], "val": [0, 0]}
     nonblank = False
-    pending: deque = deque()
+    pending: deque = deque()  # (side, future) in text order
 
     def write_one() -> None:
-        nonlocal n_tokens
-        ids = pending.popleft().result()
-        ids.astype(dtype, copy=False).tofile(out)
-        n_tokens += len(ids)
+        side, future = pending.popleft()
+        ids = future.result()
+        ids.astype(dtype, copy=False).tofile(outs[side])
+        counts[side][0] += len(ids)
 
-    for chunk in rechunk(read_blocks(tf, lo, hi, chunk_chars, on_bytes), chunk_chars, exact):
-        n_chars += len(chunk)
-        nonblank = nonblank or not chunk.isspace()
-        pending.append(pool.submit(encode, chunk))
-        if len(pending) >= in_flight:
-            write_one()  # keep only a few chunks in memory; results are written in order
+    for side, lo, hi in (("train", tf.start, split), ("val", split, tf.end)):
+        for chunk in rechunk(read_blocks(tf, lo, hi, chunk_chars, on_bytes), chunk_chars, exact):
+            counts[side][1] += len(chunk)
+            nonblank = nonblank or not chunk.isspace()
+            pending.append((side, pool.submit(encode, chunk)))
+            if len(pending) >= in_flight:
+                write_one()  # keep only a few chunks in memory; results are written in order
     while pending:
         write_one()
-    return n_tokens, n_chars, nonblank
+    return counts, nonblank
 
 
 def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None, vocab_size: int | None = None,
@@ -178,7 +181,7 @@ def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None
 
 
 def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_chars: int, workers: int | None,
-                progress: Progress | None) -> tuple[dict[str, tuple[int, int]], str]:
+                progress: Progress | None) -> tuple[dict[str, list[int]], str]:
     """Encode both sides into temporary files, then rename them into place; (counts, sha256 of the text)."""
     encode = array_encoder(tok)
     dtype = token_dtype(tok.vocab_size)
@@ -194,18 +197,15 @@ def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_c
             progress("encoding", done[0], tf.n_bytes)
 
     temps = {side: temp_path(out_dir / f"{side}.bin") for side in ("train", "val")}
-    counts: dict[str, tuple[int, int]] = {}
-    nonblank = False
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for side, (lo, hi) in (("train", (tf.start, split)), ("val", (split, tf.end))):
-                with open(temps[side], "wb") as out:
-                    n_tokens, n_chars, side_nonblank = _encode_side(tf, lo, hi, encode, exact, out, dtype, seen,
-                                                                    chunk_chars, pool, 2 * workers)
-                    out.flush()
-                    os.fsync(out.fileno())
-                counts[side] = (n_tokens, n_chars)
-                nonblank = nonblank or side_nonblank
+        with ThreadPoolExecutor(workers) as pool, open(temps["train"], "wb") as train, \
+                open(temps["val"], "wb") as val:
+            outs = {"train": train, "val": val}
+            counts, nonblank = _encode_sides(tf, split, encode, exact, outs, dtype, seen, chunk_chars, pool,
+                                             2 * workers)
+            for f in outs.values():
+                f.flush()
+                os.fsync(f.fileno())
         if not nonblank:
             raise InputError(f"{tf.name} is only whitespace; give a file with some text in it")
         for side, tmp in temps.items():
