@@ -52,6 +52,8 @@ class TrainConfig:
     val_fraction: float = _f(0.1, "the last fraction of the text held out for validation")
     batch_size: int = _f(12, "sequences per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step (same gradient as one bigger batch)")
+    tokens_per_step: int | None = _f(None, "target tokens per optimizer step; sets grad_accum from batch size, "
+                                           "block size and processes")
     max_iters: int = _f(2000, "optimizer steps to run")
     max_time: float | None = _f(None, "wall-clock budget in seconds (flag accepts 90s, 10m, 1h30m)")
     learning_rate: float = _f(1e-3, "peak learning rate after warmup")
@@ -66,7 +68,8 @@ class TrainConfig:
     seed: int = _f(1337, "seed for weights, batch order and dropout")
     device: str = _f("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
     dtype: str = _f("auto", "auto | float32 | bfloat16 | float16 (autocast; master weights stay fp32)")
-    compile: str = _f("auto", "auto | on | off: torch.compile the model (auto = on for CUDA)")
+    compile: bool | None = _f(None, "torch.compile the model (default: on for CUDA, off on CPU where it rarely pays)")
+    sample_every: int = _f(0, "print a short sample from the model at every Nth step's evaluation (0 = never)")
 
 
 @dataclass
@@ -109,7 +112,6 @@ _CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "swiglu"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "compile": ("auto", "on", "off"),
 }
 
 
@@ -227,7 +229,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise UsageError(f"{flag} must be a finite number, got {value!r}")
-    elif kind == "bool":
+    elif kind.startswith("bool"):
         if not isinstance(value, bool):
             raise UsageError(f"{flag} must be true or false, got {value!r}")
     elif kind == "str":
@@ -248,6 +250,8 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     need(mc.n_embd % mc.n_head == 0, f"--n-embd ({mc.n_embd}) must be a multiple of --n-head ({mc.n_head})")
     need(mc.pos_encoding != "rope" or mc.head_dim % 2 == 0, "rope needs an even head size (n_embd / n_head)")
     need(0.0 <= mc.dropout < 1.0, f"--dropout must be in [0, 1), got {mc.dropout}")
+    need(tc.tokens_per_step is None or tc.tokens_per_step > 0, f"--tokens-per-step must be positive, got {tc.tokens_per_step}")
+    need(tc.sample_every >= 0, f"--sample-every must be 0 (off) or more, got {tc.sample_every}")
     for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
         v = getattr(tc, name)
         need(v > 0, f"--{name.replace('_', '-')} must be positive, got {v}")

@@ -11,7 +11,6 @@ import codecs
 import math
 import os
 import sys
-import time
 from typing import IO, Any
 
 
@@ -21,6 +20,40 @@ def _fmt_time(seconds: float | None) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def eta(e: dict[str, Any]) -> float | None:
+    """Seconds left: by steps at the current pace, or the time budget if that ends sooner."""
+    if e["step"] <= 0:
+        return None
+    left = (e["max_iters"] - e["step"]) * e["elapsed"] / e["step"]
+    if e.get("max_time"):
+        left = min(left, e["max_time"] - e["elapsed"])
+    return max(0.0, left)
+
+
+def loss_curve(points: list[tuple[int, float]], width: int = 60, height: int = 8) -> list[str]:
+    """A validation-loss curve as text rows (one column per step bucket), for the end of a run."""
+    steps = [p[0] for p in points]
+    losses = [p[1] for p in points]
+    lo, hi = min(losses), max(losses)
+    span = (hi - lo) or 1.0
+    cols = width
+    grid = [[" "] * cols for _ in range(height)]
+    for c in range(cols):
+        f = c * (len(points) - 1) / max(1, cols - 1)  # interpolate between evaluations
+        i = min(int(f), len(points) - 2) if len(points) > 1 else 0
+        value = losses[i] + (losses[min(i + 1, len(points) - 1)] - losses[i]) * (f - i)
+        r = round((value - lo) / span * (height - 1))
+        grid[height - 1 - r][c] = "•"
+    rows = ["val loss"]
+    for r, cells in enumerate(grid):
+        label = hi - r * span / max(1, height - 1)
+        rows.append(f"{label:8.3f} │{''.join(cells)}")
+    rows.append(" " * 9 + "└" + "─" * cols)
+    first, last = f"step {steps[0]}", f"step {steps[-1]}"
+    rows.append(" " * 10 + first + last.rjust(cols - len(first)))
+    return rows
 
 
 class TrainView:
@@ -33,8 +66,7 @@ class TrainView:
         self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.progress = None
         self.task = None
-        self.last_eval = ""
-        self.started = time.time()
+        self.evals: list[dict[str, Any]] = []
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -43,19 +75,25 @@ class TrainView:
             print(text, file=self.stream, flush=True)
 
     def __call__(self, e: dict[str, Any]) -> None:
-        if self.quiet and e["event"] != "done":
-            return
         kind = e["event"]
+        if kind == "eval":
+            self.evals.append(e)
+        if self.quiet:
+            return
         if kind == "start":
             self._start(e)
         elif kind == "step":
             self._step(e)
         elif kind == "eval":
-            self.last_eval = f"val {e['val_loss']:.4f} ({e['val_bpc']:.3f} bits/char)"
             self._line(f"step {e['step']:>6} | train loss {e['train_loss']:.4f} | val loss {e['val_loss']:.4f} "
                        f"| {e['val_bpc']:.3f} bits/char | {_fmt_time(e['elapsed'])}{'  *best' if e['best'] else ''}")
+        elif kind == "sample":
+            self._line("  sample: " + e["text"].replace("\n", "\n          ")[:600])
         elif kind == "done":
             self.close()
+            if len(self.evals) >= 2:
+                for row in loss_curve([(ev["step"], ev["val_loss"]) for ev in self.evals]):
+                    self._line(row)
 
     def _start(self, e: dict[str, Any]) -> None:
         what = "resuming" if e["resumed"] else "training"
@@ -75,7 +113,8 @@ class TrainView:
             self.task = self.progress.add_task("train", total=e["max_iters"], completed=e["step"], info="")
 
     def _step(self, e: dict[str, Any]) -> None:
-        info = (f"loss {e['loss']:.4f} | lr {e['lr']:.2e} | {e['tokens_per_sec']:,.0f} tok/s | "
+        mfu = f" | MFU {100 * e['mfu']:.1f}%" if e.get("mfu") else ""
+        info = (f"loss {e['loss']:.4f} | lr {e['lr']:.2e} | {e['tokens_per_sec']:,.0f} tok/s{mfu} | "
                 f"grad {e['grad_norm']:.2f}")
         if self.progress is not None:
             total = e["max_iters"]
@@ -83,7 +122,7 @@ class TrainView:
                 total = min(total, max(e["step"], int(e["step"] * e["max_time"] / max(e["elapsed"], 1e-9))))
             self.progress.update(self.task, completed=e["step"], total=total, info=info)
         elif e["step"] % self.log_every == 0:
-            self._line(f"step {e['step']:>6} | {info} | {_fmt_time(e['elapsed'])}")
+            self._line(f"step {e['step']:>6} | {info} | {_fmt_time(e['elapsed'])} | ETA {_fmt_time(eta(e))}")
 
     def close(self) -> None:
         if self.progress is not None:

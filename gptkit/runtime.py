@@ -71,13 +71,9 @@ def enable_fast_math(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def want_compile(setting: str, device: torch.device) -> bool:
-    """auto compiles on CUDA only: on this class of CPU the gain is small and compiling costs ~20 s."""
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
-    return device.type == "cuda"
+def want_compile(setting: bool | None, device: torch.device) -> bool:
+    """None (auto) compiles on CUDA only: on a small CPU the gain is small and compiling costs ~20 s."""
+    return device.type == "cuda" if setting is None else setting
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -136,3 +132,73 @@ def teardown_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sdpa_context(device: torch.device):
+    """On CUDA, ask for the fused attention kernels explicitly (flash first, then memory-efficient,
+    cuDNN), so a shape or dtype that would silently fall back to the slow T×T path is visible."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                        SDPBackend.MATH])
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype):
+    """fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+# Dense peak throughput (FLOP/s) by GPU name fragment, for MFU: bf16/fp16 tensor cores, no sparsity.
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                  "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak for MFU: a table for GPUs, a short measured matmul on CPU (its real ceiling)."""
+    override = os.environ.get("GPTKIT_PEAK_FLOPS")
+    if override:
+        return float(override)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value if dtype != torch.float32 else value / 2  # TF32 runs at about half
+        return None
+    if device.type == "cpu":
+        import time
+
+        n = 1024
+        a = torch.randn(n, n, dtype=dtype if dtype != torch.float16 else torch.float32)
+        b = torch.randn(n, n, dtype=a.dtype)
+        a @ b  # warm up
+        t = time.perf_counter()
+        reps = 0
+        while time.perf_counter() - t < 0.2:
+            a @ b
+            reps += 1
+        return 2 * n**3 * reps / (time.perf_counter() - t)
+    return None
+
+
+def agree_to_stop(want_stop: bool, dist_info: DistInfo, device: torch.device) -> bool:
+    """Under DDP every rank must leave the loop at the same step: stop if any rank wants to."""
+    if not dist_info.enabled:
+        return want_stop
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if want_stop else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def all_reduce_mean(value: float, dist_info: DistInfo, device: torch.device) -> float:
+    """The mean of a number over all ranks (the value itself in a single process)."""
+    if not dist_info.enabled:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist_info.world_size

@@ -1,10 +1,11 @@
 """The training loop, built from small helpers: data, model, optimizer, schedule, eval, checkpoints.
 
-Owns `train(...)`: AdamW with weight-decay groups, linear warmup + cosine decay (over iterations
-or over the `max_time` budget, whichever runs out first), gradient accumulation, clipping, periodic
-evaluation, atomic checkpoints (`last` every eval, `best` when validation improves), exact resume
-(optimizer moments, RNG and data position), DDP under torchrun, and a clean stop on Ctrl-C/SIGTERM.
-It reports through a callback (`on_event`) and `metrics.jsonl`; it never prints.
+Owns `train(...)`: gradient accumulation (the same gradient as one big batch; under DDP the
+all-reduce happens once, on the last micro-step), clipping, mixed precision (bf16 autocast, or fp16
+with a GradScaler), periodic evaluation, atomic checkpoints (`last` at every eval, `best` when
+validation improves), exact resume (optimizer moments, RNG, data position), DDP under torchrun,
+and a clean stop on Ctrl-C/SIGTERM or when `max_time` runs out. It reports through a callback
+(`on_event`) and `metrics.jsonl`; it never prints.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import numpy as np
 import torch
 
 from gptkit import __version__, checkpoint, runtime
-from gptkit.config import ModelConfig, TrainConfig, from_dict, to_dict
+from gptkit.config import ModelConfig, TrainConfig, to_dict
 from gptkit.corpus import load_source
 from gptkit.data import TokenDataset, check_lengths, get_batch, load_dataset, prepare_dataset
 from gptkit.errors import TrainingError, UsageError
+from gptkit.evaluate import bits_per_char, estimate_loss, sample_text
 from gptkit.model import GPT
+from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_progress, set_lr
 from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
 
 Event = dict[str, Any]
@@ -60,29 +63,6 @@ class LoopState:
     rng: dict[str, Any] = field(default_factory=dict)
 
 
-def lr_at(tc: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup_iters`, then cosine decay to `min_lr` as progress goes 0 -> 1."""
-    if step < tc.warmup_iters:
-        return tc.learning_rate * (step + 1) / (tc.warmup_iters + 1)
-    progress = min(1.0, max(0.0, progress))
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.learning_rate - tc.min_lr)
-
-
-def schedule_progress(tc: TrainConfig, step: int, elapsed: float) -> float:
-    """How far through the run we are: by steps, or by the time budget if that runs out sooner."""
-    span = max(1, tc.max_iters - tc.warmup_iters)
-    p = (step - tc.warmup_iters) / span
-    if tc.max_time:
-        p = max(p, elapsed / tc.max_time)
-    return p
-
-
-def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    extra = {"fused": True} if device.type == "cuda" else {}  # one fused kernel per step on GPU
-    return torch.optim.AdamW(model.optimizer_groups(tc.weight_decay), lr=tc.learning_rate,
-                             betas=(tc.beta1, tc.beta2), **extra)
-
-
 def load_data(data: str | None, tc: TrainConfig, run_dir: Path, store: Path,
               tokenizer: Tokenizer | None, is_main: bool, barrier: Callable[[], None]) -> TokenDataset:
     """A dataset folder is used as is; a text (file, URL, built-in) is tokenized once under the run."""
@@ -100,36 +80,6 @@ def load_data(data: str | None, tc: TrainConfig, run_dir: Path, store: Path,
     return ds if is_main else load_dataset(run_dir / "data")
 
 
-@torch.no_grad()
-def estimate_loss(model: torch.nn.Module, ds: TokenDataset, mc: ModelConfig, tc: TrainConfig,
-                  device: torch.device, dtype: torch.dtype, shard: tuple[int, int]) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches of each split. The same batches every time (fixed seed),
-    so successive evaluations differ only because the model changed."""
-    model.eval()
-    out = {}
-    for split, arr in (("train", ds.train), ("val", ds.val)):
-        rng = np.random.default_rng(tc.seed + 7919)
-        losses = []
-        for _ in range(tc.eval_iters):
-            x, y = get_batch(arr, tc.batch_size, mc.block_size, rng, shard)
-            with runtime.autocast(device, dtype):
-                _, loss = model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-            losses.append(loss.item())
-        out[split] = _all_reduce_mean(float(np.mean(losses)), shard)
-    model.train()
-    return out
-
-
-def _all_reduce_mean(value: float, shard: tuple[int, int]) -> float:
-    if shard[1] == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / shard[1]
-
-
 @contextmanager
 def stop_on_signals(flag: dict[str, Any]):
     """Ctrl-C / SIGTERM set a flag: the loop finishes its step, saves, and returns."""
@@ -140,7 +90,7 @@ def stop_on_signals(flag: dict[str, Any]):
     try:
         for s in old:
             signal.signal(s, handler)
-    except ValueError:  # not the main thread (e.g. tests): no signal handling
+    except ValueError:  # not the main thread: no signal handling
         old = {}
     try:
         yield
@@ -149,12 +99,19 @@ def stop_on_signals(flag: dict[str, Any]):
             signal.signal(s, h)
 
 
-def _flops_per_token(model: GPT, mc: ModelConfig) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+def flops_per_token(model: GPT, mc: ModelConfig) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM, appendix B)."""
     return 6 * model.num_params(non_embedding=True) + 12 * mc.n_layer * mc.n_embd * mc.block_size
 
 
-def _resume_source(run_dir: Path, resume: bool, init_from: str | None, store: Path):
+def grad_accum_steps(tc: TrainConfig, mc: ModelConfig, world: int) -> int:
+    """--tokens-per-step wins over --grad-accum: micro-batches needed to reach that many tokens."""
+    if tc.tokens_per_step is None:
+        return tc.grad_accum
+    return max(1, math.ceil(tc.tokens_per_step / (tc.batch_size * mc.block_size * world)))
+
+
+def _prior_checkpoint(run_dir: Path, resume: bool, init_from: str | None, store: Path):
     if resume:
         path = run_dir / checkpoint.LAST
         if not path.is_file():
@@ -178,14 +135,12 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
           on_event: Callable[[Event], None] = lambda e: None, resume: bool = False,
           init_from: str | None = None, explicit: set[str] | None = None) -> TrainResult:
     """Train a model and return where it was saved. `explicit` names the config fields the user set
-    (so a resumed run can reject flags that conflict with the checkpoint's shape)."""
+    (so a resumed or fine-tuned run can reject flags that conflict with the checkpoint's shape)."""
     dist_info, device = runtime.setup_distributed(tc.device)
-    shard = (dist_info.rank, dist_info.world_size)
     dtype = runtime.pick_dtype(tc.dtype, device)
     runtime.enable_fast_math(device)
-    emit = on_event if dist_info.is_main else (lambda e: None)
     try:
-        prior = _resume_source(run_dir, resume, init_from, store)
+        prior = _prior_checkpoint(run_dir, resume, init_from, store)
         tokenizer = tokenizer_from_dict(prior.meta["tokenizer"]) if prior else None
         if prior is not None:
             mc = _check_shape(mc, prior.model_config, explicit or set(), "resumed" if resume else "--init-from")
@@ -193,151 +148,173 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
         ds = load_data(data, tc, run_dir, store, tokenizer, dist_info.is_main, barrier)
         if mc.vocab_size == 0:
             mc = dataclasses.replace(mc, vocab_size=ds.tokenizer.vocab_size)
-        if mc.vocab_size < ds.tokenizer.vocab_size:
-            raise UsageError(f"--vocab-size {mc.vocab_size} is smaller than the tokenizer's {ds.tokenizer.vocab_size}")
         check_lengths(ds, mc.block_size)
-        return _run(mc, tc, ds, run_dir, device, dtype, dist_info, shard, emit, prior, resume)
+        loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event)
+        loop.setup(prior, resume)
+        return loop.run()
     finally:
         runtime.teardown_distributed()
 
 
-def _run(mc, tc, ds, run_dir, device, dtype, dist_info, shard, emit, prior, resume) -> TrainResult:
-    runtime.seed_everything(tc.seed)
-    model = GPT(mc).to(device)
-    optimizer = make_optimizer(model, tc, device)
-    state = LoopState()
-    if prior is not None:
-        model.load_state_dict(checkpoint.load_tensors(prior, "model.", device), strict=False)
-    if resume:
-        state = _restore(prior, model, optimizer, device)
-    rng = np.random.default_rng(tc.seed)  # the same global batch stream on every rank
-    if state.rng.get("numpy"):
-        rng.bit_generator.state = state.rng["numpy"]
-    train_model: torch.nn.Module = model
-    if runtime.want_compile(tc.compile, device):
-        train_model = runtime.compile_model(model)
-    if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+class Loop:
+    """One training run's moving parts; `run()` is the loop, the methods are its steps."""
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    tokens_per_step = tc.batch_size * tc.grad_accum * mc.block_size * dist_info.world_size
-    flops_per_token = _flops_per_token(model, mc)
-    base = {"run": run_dir.name, "model_config": to_dict(mc), "train_config": to_dict(tc),
-            "tokenizer": ds.tokenizer.to_dict()}
-    metrics = (run_dir / "metrics.jsonl") if dist_info.is_main else None
+    def __init__(self, mc: ModelConfig, tc: TrainConfig, ds: TokenDataset, run_dir: Path, device: torch.device,
+                 dtype: torch.dtype, dist_info: runtime.DistInfo, on_event: Callable[[Event], None]) -> None:
+        self.mc, self.tc, self.ds, self.run_dir = mc, tc, ds, run_dir
+        self.device, self.dtype, self.dist = device, dtype, dist_info
+        self.emit = on_event if dist_info.is_main else (lambda e: None)
+        self.metrics = run_dir / "metrics.jsonl" if dist_info.is_main else None
+        self.shard = (dist_info.rank, dist_info.world_size)
+        self.accum = grad_accum_steps(tc, mc, dist_info.world_size)
+        self.tokens_per_step = tc.batch_size * self.accum * mc.block_size * dist_info.world_size
+        self.state = LoopState()
+        self.stop: dict[str, Any] = {}
+        self.resumed = False
 
-    def log(event: Event) -> None:
-        emit(event)
-        if metrics is not None:
-            with open(metrics, "a", encoding="utf-8") as f:
+    def setup(self, prior: checkpoint.CheckpointInfo | None, resume: bool) -> None:
+        runtime.seed_everything(self.tc.seed)
+        self.model = GPT(self.mc).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.tc, self.device)
+        self.scaler = runtime.grad_scaler(self.device, self.dtype)
+        if prior is not None:
+            self.model.load_state_dict(checkpoint.load_tensors(prior, "model.", self.device), strict=False)
+        self.rng = np.random.default_rng(self.tc.seed)  # the same global batch stream on every rank
+        if resume:
+            restore_optimizer(self.optimizer, self.model, checkpoint.load_tensors(prior, "optim.", self.device))
+            self._restore_state(prior.state)
+            self.resumed = True
+        self.train_model: torch.nn.Module = self.model
+        if runtime.want_compile(self.tc.compile, self.device):
+            self.train_model = runtime.compile_model(self.model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.train_model, device_ids=ids)
+        peak = runtime.peak_flops(self.device, self.dtype) if self.dist.is_main else None
+        self.peak = peak * self.dist.world_size if peak else None
+        self.flops_per_token = flops_per_token(self.model, self.mc)
+
+    def _restore_state(self, st: dict[str, Any]) -> None:
+        self.state = LoopState(step=st.get("step", 0), tokens_seen=st.get("tokens_seen", 0),
+                               elapsed=st.get("elapsed", 0.0), best_val_loss=st.get("best_val_loss"),
+                               last_val_loss=st.get("val_loss"), last_train_loss=st.get("train_loss"),
+                               rng=st.get("rng", {}))
+        if "numpy" in self.state.rng:
+            self.rng.bit_generator.state = self.state.rng["numpy"]
+        if "torch" in self.state.rng:
+            torch.set_rng_state(torch.tensor(self.state.rng["torch"], dtype=torch.uint8))
+
+    def log(self, event: Event) -> None:
+        self.emit(event)
+        if self.metrics is not None:
+            with open(self.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps({**event, "time": time.time()}) + "\n")
 
-    log({"event": "start", "step": state.step, "params": model.num_params(), "device": str(device),
-          "dtype": str(dtype).replace("torch.", ""), "world_size": dist_info.world_size, "run_dir": str(run_dir),
-          "tokens_per_step": tokens_per_step, "max_iters": tc.max_iters, "max_time": tc.max_time,
-          "train_tokens": len(ds.train), "val_tokens": len(ds.val), "vocab_size": mc.vocab_size,
-          "tokenizer": ds.tokenizer.name, "resumed": resume})
-    def save(path_name: str, with_optim: bool) -> Path:
-        meta = dict(base)
-        meta["state"] = _state_meta(state, rng, ds, tc)
-        tensors_from = optimizer if with_optim else None
-        out = checkpoint.save(run_dir / path_name, model, meta, tensors_from)
-        return out
+    def run(self) -> TrainResult:
+        tc, st = self.tc, self.state
+        self.log({"event": "start", "step": st.step, "params": self.model.num_params(), "device": str(self.device),
+                  "dtype": str(self.dtype).replace("torch.", ""), "world_size": self.dist.world_size,
+                  "run_dir": str(self.run_dir), "tokens_per_step": self.tokens_per_step, "grad_accum": self.accum,
+                  "max_iters": tc.max_iters, "max_time": tc.max_time, "train_tokens": len(self.ds.train),
+                  "val_tokens": len(self.ds.val), "vocab_size": self.mc.vocab_size,
+                  "tokenizer": self.ds.tokenizer.name, "resumed": self.resumed})
+        t0 = time.time() - st.elapsed
+        evaluated_at = st.step if self.resumed else -1  # a resumed checkpoint was evaluated when saved
+        eval_cost = 0.0
+        last_ckpt = None
+        with stop_on_signals(self.stop):
+            while True:
+                st.elapsed = time.time() - t0
+                out_of_time = tc.max_time is not None and st.elapsed + eval_cost >= tc.max_time
+                done = runtime.agree_to_stop(st.step >= tc.max_iters or out_of_time or bool(self.stop),
+                                             self.dist, self.device)
+                if (done or st.step % tc.eval_interval == 0) and st.step > 0 and st.step != evaluated_at:
+                    te = time.time()
+                    last_ckpt = self.evaluate_and_save(time.time() - t0) or last_ckpt
+                    eval_cost = time.time() - te  # reserve this much at the end of a timed run
+                if done:
+                    break
+                self.train_step(time.time() - t0)
+        interrupted = bool(self.stop)
+        self.log({"event": "done", "step": st.step, "val_loss": st.last_val_loss, "best_val_loss": st.best_val_loss,
+                  "elapsed": time.time() - t0, "interrupted": interrupted, "run_dir": str(self.run_dir)})
+        bpc = None if st.last_val_loss is None else bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char)
+        return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, time.time() - t0,
+                           interrupted, last_ckpt)
 
-    stop: dict[str, Any] = {}
-    t0 = time.time() - state.elapsed
-    evaluated_at = state.step if resume else -1  # a resumed checkpoint was evaluated when it was saved
-    last_ckpt: Path | None = None
-    grad_norm = 0.0
-    with stop_on_signals(stop):
-        while True:
-            state.elapsed = time.time() - t0
-            last_step = state.step >= tc.max_iters or (tc.max_time is not None and state.elapsed >= tc.max_time)
-            if (state.step % tc.eval_interval == 0 and state.step > 0) or last_step or stop:
-                if (state.step > 0 or last_step) and state.step != evaluated_at:
-                    losses = estimate_loss(train_model, ds, mc, tc, device, dtype, shard)
-                    bpc = losses["val"] * ds.val_tokens_per_char / math.log(2)
-                    state.last_val_loss = losses["val"]
-                    improved = state.best_val_loss is None or losses["val"] < state.best_val_loss
-                    if improved:
-                        state.best_val_loss = losses["val"]
-                    log({"event": "eval", "step": state.step, "train_loss": losses["train"],
-                         "val_loss": losses["val"], "val_bpc": bpc, "elapsed": time.time() - t0,
-                         "best": improved})
-                    if dist_info.is_main:
-                        state.elapsed = time.time() - t0
-                        last_ckpt = save(checkpoint.LAST, with_optim=True)
-                        if improved:
-                            save(checkpoint.BEST, with_optim=False)
-                        emit({"event": "checkpoint", "step": state.step, "path": str(last_ckpt)})
-            if last_step or stop:
-                break
-            lr = lr_at(tc, state.step, schedule_progress(tc, state.step, time.time() - t0))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ts = time.time()
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                x, y = get_batch(ds.train, tc.batch_size, mc.block_size, rng, shard)
-                sync = (micro == tc.grad_accum - 1) or not dist_info.enabled
-                ctx = nullcontext() if sync else train_model.no_sync()  # DDP: all-reduce once per step
-                with ctx, runtime.autocast(device, dtype):
-                    _, loss = train_model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-                    loss = loss / tc.grad_accum  # the mean over micro-batches, as one big batch would give
-                loss.backward()
-                loss_sum += loss.item()
-            if not math.isfinite(loss_sum):
-                raise TrainingError(f"loss became {loss_sum} at step {state.step}; stopped without saving "
-                                    f"(the last good checkpoint is kept); try a lower --learning-rate")
-            if tc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            state.last_train_loss = _all_reduce_mean(loss_sum, shard) if dist_info.enabled else loss_sum
-            dt = time.time() - ts
-            tps = tokens_per_step / max(dt, 1e-9)
-            emit({"event": "step", "step": state.step, "loss": state.last_train_loss, "lr": lr,
-                  "grad_norm": grad_norm, "tokens_per_sec": tps, "step_time": dt,
-                  "flops_per_sec": tps * flops_per_token, "elapsed": time.time() - t0,
-                  "max_iters": tc.max_iters, "max_time": tc.max_time})
-    interrupted = bool(stop)
-    log({"event": "done", "step": state.step, "val_loss": state.last_val_loss,
-         "best_val_loss": state.best_val_loss, "elapsed": time.time() - t0, "interrupted": interrupted})
-    bpc = None if state.last_val_loss is None else state.last_val_loss * ds.val_tokens_per_char / math.log(2)
-    return TrainResult(run_dir, state.step, state.last_val_loss, state.best_val_loss, bpc,
-                       time.time() - t0, interrupted, last_ckpt)
+    def train_step(self, elapsed: float) -> None:
+        tc, st = self.tc, self.state
+        lr = lr_at(tc, st.step, schedule_progress(tc, st.step, elapsed))
+        set_lr(self.optimizer, lr)
+        ts = time.time()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            x, y = get_batch(self.ds.train, tc.batch_size, self.mc.block_size, self.rng, self.shard)
+            last = micro == self.accum - 1
+            # DDP: skip the gradient all-reduce on all but the last micro-step
+            sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            with sync:
+                with runtime.autocast(self.device, self.dtype), runtime.sdpa_context(self.device):
+                    _, loss = self.train_model(torch.from_numpy(x).to(self.device),
+                                               torch.from_numpy(y).to(self.device))
+                    loss = loss / self.accum  # the mean over micro-batches, as one big batch would give
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss became {loss_value} at step {st.step}; stopped without saving "
+                                "(the last good checkpoint is kept); try a lower --learning-rate")
+        grad_norm = 0.0
+        if tc.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.tokens_seen += self.tokens_per_step
+        st.last_train_loss = runtime.all_reduce_mean(loss_value, self.dist, self.device)
+        dt = time.time() - ts
+        tps = self.tokens_per_step / max(dt, 1e-9)
+        self.emit({"event": "step", "step": st.step, "loss": st.last_train_loss, "lr": lr, "grad_norm": grad_norm,
+                   "tokens_per_sec": tps, "step_time": dt, "mfu": (tps * self.flops_per_token / self.peak)
+                   if self.peak else None, "elapsed": elapsed + dt,
+                   "max_iters": tc.max_iters, "max_time": tc.max_time})
 
+    def evaluate_and_save(self, elapsed: float) -> Path | None:
+        st = self.state
+        losses = estimate_loss(self.train_model, self.ds, self.mc, self.tc, self.device, self.dtype, self.dist)
+        st.last_val_loss = losses["val"]
+        improved = st.best_val_loss is None or losses["val"] < st.best_val_loss
+        if improved:
+            st.best_val_loss = losses["val"]
+        self.log({"event": "eval", "step": st.step, "train_loss": losses["train"], "val_loss": losses["val"],
+                  "val_bpc": bits_per_char(losses["val"], self.ds.val_tokens_per_char), "elapsed": elapsed,
+                  "best": improved, "tokens_seen": st.tokens_seen})
+        if self.tc.sample_every and st.step % self.tc.sample_every == 0 and self.dist.is_main:
+            self.emit({"event": "sample", "step": st.step,
+                       "text": sample_text(self.model, self.ds, seed=self.tc.seed + st.step)})
+            self.model.train()
+        if not self.dist.is_main:
+            return None
+        st.elapsed = elapsed
+        path = self.save(checkpoint.LAST, with_optim=True)
+        if improved:
+            self.save(checkpoint.BEST, with_optim=False)
+        self.emit({"event": "checkpoint", "step": st.step, "path": str(path)})
+        return path
 
-def _state_meta(state: LoopState, rng: np.random.Generator, ds: TokenDataset, tc: TrainConfig) -> dict[str, Any]:
-    return {
-        "step": state.step, "tokens_seen": state.tokens_seen, "elapsed": state.elapsed,
-        "best_val_loss": state.best_val_loss, "val_loss": state.last_val_loss, "train_loss": state.last_train_loss,
-        "val_bpc": None if state.last_val_loss is None else state.last_val_loss * ds.val_tokens_per_char / math.log(2),
-        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state().tolist()},
-        "data": {"dataset": str(ds.path), **ds.meta.get("source", {})},
-        "versions": {"gptkit": __version__, "torch": torch.__version__},
-    }
-
-
-def _restore(info: checkpoint.CheckpointInfo, model: GPT, optimizer: torch.optim.Optimizer,
-             device: torch.device) -> LoopState:
-    """Optimizer moments by parameter name, loop counters and RNG states from a `last` checkpoint."""
-    saved = checkpoint.load_tensors(info, "optim.", device)
-    for name, p in model.named_parameters():
-        entries = {k.rsplit(".", 1)[1]: v for k, v in saved.items() if k.rsplit(".", 1)[0] == name}
-        if entries:
-            if "step" in entries:
-                entries["step"] = entries["step"].cpu()  # AdamW keeps its step counter on the CPU
-            optimizer.state[p] = entries
-    st = info.state
-    state = LoopState(step=st.get("step", 0), tokens_seen=st.get("tokens_seen", 0), elapsed=st.get("elapsed", 0.0),
-                      best_val_loss=st.get("best_val_loss"), last_val_loss=st.get("val_loss"),
-                      last_train_loss=st.get("train_loss"), rng=st.get("rng", {}))
-    if "torch" in state.rng:
-        torch.set_rng_state(torch.tensor(state.rng["torch"], dtype=torch.uint8))
-    return state
-
-
-__all__ = ["train", "TrainResult", "lr_at", "from_dict"]
+    def save(self, name: str, with_optim: bool) -> Path:
+        st = self.state
+        meta = {"run": self.run_dir.name, "model_config": to_dict(self.mc), "train_config": to_dict(self.tc),
+                "tokenizer": self.ds.tokenizer.to_dict(), "state": {
+                    "step": st.step, "tokens_seen": st.tokens_seen, "elapsed": st.elapsed,
+                    "best_val_loss": st.best_val_loss, "val_loss": st.last_val_loss, "train_loss": st.last_train_loss,
+                    "val_bpc": None if st.last_val_loss is None else
+                    bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char),
+                    "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state().tolist()},
+                    "data": {"dataset": str(self.ds.path), **self.ds.meta.get("source", {})},
+                    "versions": {"gptkit": __version__, "torch": torch.__version__}}}
+        return checkpoint.save(self.run_dir / name, self.model, meta, self.optimizer if with_optim else None)

@@ -13,7 +13,8 @@ import torch
 from gptkit import checkpoint
 from gptkit.config import resolve_config
 from gptkit.errors import TrainingError
-from gptkit.train import lr_at, train
+from gptkit.optim import lr_at
+from gptkit.train import train
 from tests.conftest import SHAKESPEARE
 
 

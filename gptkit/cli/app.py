@@ -85,7 +85,7 @@ def config_options(cls: type, panel: str, skip: tuple[str, ...] = ()) -> list[in
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata.get('help', '')} [default: {default}]"
         kind = str(f.type)
-        if kind == "bool":
+        if kind.startswith("bool"):
             annotation: Any = Optional[bool]
             decl = f"{flag}/--no-{f.name.replace('_', '-')}"
         else:

@@ -77,7 +77,9 @@ def train_command(
                                          "[default: the built-in corpus of Python's docstrings]", show_default=False),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="tiny | small | baby | gpt2 [default: tiny]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings ([model]/[train] tables)"),
-    run: Optional[str] = typer.Option(None, "--run", "-r", help="run name under the store [default: from the data file name]"),
+    run: Optional[str] = typer.Option(None, "--run", "--run-name", "-r",
+                                      help="run name under the store (spell it --run-name under torchrun, whose "
+                                      "own parser claims --run) [default: from the data file name]"),
     checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
                                                help="checkpoint store folder [default: ./checkpoints]"),
     resume: bool = typer.Option(False, "--resume", help="continue the run from its last.safetensors"),
@@ -91,9 +93,6 @@ def train_command(
     with handle_errors():
         check_data_arg(data)
         explicit = {k for k, v in settings.items() if v is not None}
-        if settings.get("compile") is not None:
-            settings["compile"] = {"true": "on", "false": "off"}.get(str(settings["compile"]).lower(),
-                                                                     settings["compile"])
         mc, tc = resolve_config(preset, config, settings)
         store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
         run_dir = _pick_run_dir(store, run, data, resume, overwrite)
@@ -103,6 +102,7 @@ def train_command(
         from gptkit.display import TrainView
         from gptkit.train import train
 
+        quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
         view = TrainView(quiet=quiet)
         try:
             result = train(mc, tc, data, run_dir, store, on_event=view, resume=resume, init_from=init_from,

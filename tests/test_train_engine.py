@@ -1,0 +1,131 @@
+"""The training engine: gradient accumulation, DDP on CPU with gloo, Ctrl-C + resume,
+fine-tuning, and every architecture switch trained and round-tripped through a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gptkit import checkpoint
+from gptkit.config import resolve_config
+from gptkit.train import train
+from tests.conftest import SHAKESPEARE, run_cli
+
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2)
+
+
+def _weights(run_dir, name=checkpoint.LAST):
+    return checkpoint.load_tensors(checkpoint.read_info(run_dir / name), "model.")
+
+
+def _assert_close(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), (k, (a[k] - b[k]).abs().max())
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+    mc, tc = resolve_config("tiny", None, {**SMALL, "batch_size": 8, "max_iters": 6, "eval_interval": 6})
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "big", tmp_path)
+    mc, tc = resolve_config("tiny", None, {**SMALL, "batch_size": 4, "grad_accum": 2, "max_iters": 6,
+                                           "eval_interval": 6})
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "accum", tmp_path)
+    _assert_close(_weights(tmp_path / "big"), _weights(tmp_path / "accum"), atol=2e-6)
+    events = []
+    mc, tc = resolve_config("tiny", None, {**SMALL, "batch_size": 4, "tokens_per_step": 500, "max_iters": 1,
+                                           "eval_interval": 1})
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "tps", tmp_path, on_event=events.append)
+    assert events[0]["grad_accum"] == 4 and events[0]["tokens_per_step"] == 512  # ceil(500 / (4*32)) = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
+    common = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--max-iters", "8",
+              "--eval-interval", "8", "--eval-iters", "2", "--warmup-iters", "2", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "gptkit", "train", str(SHAKESPEARE), "--run-name", "ddp", "--checkpoints", str(tmp_path),
+         "--batch-size", "2", *common],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = run_cli("train", str(SHAKESPEARE), "--run", "one", "--checkpoints", str(tmp_path), "--batch-size", "4",
+                     *common, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    _assert_close(_weights(tmp_path / "ddp"), _weights(tmp_path / "one"), atol=1e-5)
+    ddp_state = checkpoint.read_info(tmp_path / "ddp" / checkpoint.LAST).state
+    one_state = checkpoint.read_info(tmp_path / "one" / checkpoint.LAST).state
+    assert ddp_state["val_loss"] == pytest.approx(one_state["val_loss"], abs=1e-5)
+    assert ddp_state["tokens_seen"] == one_state["tokens_seen"]
+    starts = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in starts].count("start") == 1  # rank 0 alone logs
+    assert starts[0]["world_size"] == 2
+
+
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
+    store = tmp_path / "store"
+    args = ["train", str(SHAKESPEARE), "--run", "r", "--checkpoints", str(store), "--n-layer", "1", "--n-embd", "32",
+            "--n-head", "2", "--block-size", "32", "--eval-interval", "10", "--eval-iters", "2", "--max-iters", "100000"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = store / "r" / checkpoint.LAST
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no checkpoint within 120 s"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    step = checkpoint.read_info(last).state["step"]
+    assert step >= 10
+    resumed = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--max-iters", str(step + 5),
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.read_info(last).state["step"] == step + 5
+    conflict = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--n-embd", "64",
+                       cwd=tmp_path)
+    assert conflict.returncode == 2 and "conflicts" in conflict.stderr
+
+
+def test_init_from_starts_where_the_other_run_ended(tmp_path, trained_run):
+    events = []
+    mc, tc = resolve_config("tiny", None, dict(max_iters=1, eval_interval=1, eval_iters=20, learning_rate=1e-6,
+                                               min_lr=0.0, warmup_iters=0))
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "ft", tmp_path, on_event=events.append,
+          init_from=str(trained_run["run_dir"]))
+    first = next(e for e in events if e["event"] == "eval")
+    assert first["val_loss"] == pytest.approx(trained_run["result"].val_loss, abs=0.05)
+    assert first["val_loss"] < 0.65 * math.log(65)
+
+
+@pytest.mark.parametrize("switch", [dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
+                                    dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)])
+def test_architecture_switches_train_and_round_trip(tmp_path, switch):
+    mc, tc = resolve_config("tiny", None, {**SMALL, **switch, "max_iters": 60, "eval_interval": 60,
+                                           "eval_iters": 10, "batch_size": 8, "learning_rate": 3e-3})
+    result = train(mc, tc, str(SHAKESPEARE), tmp_path / "r", tmp_path)
+    assert result.val_loss < 3.3  # far below ln(65) = 4.17 (chance) after 60 steps
+    model, _, info = checkpoint.load_for_inference(tmp_path / "r" / checkpoint.LAST)
+    for key, value in switch.items():
+        assert info.meta["model_config"][key] == value
+    x = torch.randint(0, 65, (2, 32))
+    _, loss = model(x, x)
+    again, _, _ = checkpoint.load_for_inference(tmp_path / "r" / checkpoint.LAST)
+    assert torch.equal(model(x)[0], again(x)[0])
