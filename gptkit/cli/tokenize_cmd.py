@@ -31,7 +31,8 @@ def rich_output() -> bool:
 
 
 def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lines: bool,
-                tokenizer: str | None, checkpoint: str | None, val_fraction: float) -> str:
+                tokenizer: str | None, checkpoint: str | None, save_tokenizer: Path | None,
+                val_fraction: float) -> str:
     """The one mode asked for ("view" if none); bad combinations are one-line usage errors."""
     chosen = [m for m in _MODES if modes[m]]
     if len(chosen) > 1:
@@ -43,8 +44,9 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
         raise UsageError("give the text as an argument or with --file, not both")
     if tokenizer is not None and checkpoint is not None:
         raise UsageError("--checkpoint brings its own tokenizer; drop --tokenizer")
-    if mode == "compare" and checkpoint is not None:
-        raise UsageError("--compare takes tokenizer names in its list, not --checkpoint")
+    if mode == "compare" and (checkpoint is not None or tokenizer is not None or save_tokenizer is not None):
+        raise UsageError("--compare takes its tokenizers (names or .json files) in its own list; drop "
+                         "--tokenizer, --checkpoint and --save-tokenizer")
     if mode == "out" and text is None and file is None:
         raise UsageError("--out needs the text file to tokenize: gptkit tokenize FILE --out DIR")
     if not 0.0 < val_fraction < 1.0:
@@ -132,13 +134,16 @@ def tokenize_command(
 ) -> None:
     """Show how text becomes tokens; compare tokenizers; build token datasets.
 
-    Examples: gptkit tokenize "안녕하세요 저는 ChatGPT입니다" -t gpt2 | gptkit tokenize --compare byte,gpt2,bpe
-    novel.txt | gptkit tokenize novel.txt --out data/novel -t bpe | echo hi | gptkit tokenize --ids -t gpt2
+    \b
+    gptkit tokenize "안녕하세요 저는 ChatGPT입니다" -t gpt2
+    echo hello | gptkit tokenize --ids -t gpt2 | gptkit tokenize --decode -t gpt2
+    gptkit tokenize --compare byte,gpt2,bpe novel.txt
+    gptkit tokenize novel.txt --out data/novel -t bpe --vocab-size 4096
     """
     with handle_errors():
         modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
                  "compare": compare is not None, "out": out is not None}
-        mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, val_fraction)
+        mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction)
         train_text = None
         if train_file is not None:
             from gptkit.corpus import read_text

@@ -17,6 +17,7 @@ from gptkit.tokenview import CompareRow, Counts, Token, segments, visible_char
 
 PALETTE = ("black on #a8dadc", "black on #f1c0e8", "black on #fde4cf", "black on #b9fbc0", "black on #cfbaf0")
 MAX_ROWS = 1000  # the terminal table stops here; --json lists every token
+MAX_COLOURED = 5000  # tokens drawn in colour; a whole book would flood the terminal and take minutes
 
 
 def counts_line(tok: Any, counts: Counts) -> str:
@@ -48,11 +49,14 @@ def rich_view(tok: Any, text: str, tokens: list[Token], counts: Counts) -> None:
     console = Console(highlight=False)
     view = Text()
     any_split = False
-    for n, (seg, _first, _stop, split) in enumerate(segments(text, tokens)):
+    for n, (seg, _first, _stop, split) in enumerate(segments(text, tokens[:MAX_COLOURED])):
         any_split = any_split or split
         shown = "".join("↵\n" if c == "\n" else visible_char(c) for c in seg)
         view.append(shown, style=PALETTE[n % len(PALETTE)] + (" underline" if split else ""))
     console.print(view)
+    if len(tokens) > MAX_COLOURED:
+        console.print(Text(f"… the first {MAX_COLOURED:,} of {len(tokens):,} tokens; --json or --ids give all",
+                           style="dim"))
     if any_split:
         console.print(Text("underlined: characters split across tokens (their bytes are shown as <0x..> below)",
                            style="dim"))
