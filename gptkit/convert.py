@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from gptkit import __version__, checkpoint, hf
-from gptkit.config import ModelConfig, TrainConfig, to_dict
+from gptkit.config import ModelConfig, to_dict
 from gptkit.errors import CheckpointError, InputError, UsageError
 from gptkit.fsio import atomic_write, atomic_write_bytes, clean_stale_temps
 from gptkit.tokenizer import Tokenizer
@@ -171,13 +171,19 @@ def _gptkit_module(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> torch.
     return model
 
 
-def _checkpoint_path(dst: Path, overwrite: bool) -> Path:
-    path = dst if dst.suffix == ".safetensors" else dst / checkpoint.LAST
-    if dst.is_file() and dst.suffix != ".safetensors":
+def _checkpoint_path(dst: Path, overwrite: bool) -> tuple[Path, list[Path]]:
+    """(file to write, files to remove after): in a folder an older best.safetensors would shadow
+    the new last.safetensors for `gptkit sample`, so --overwrite removes it."""
+    if dst.suffix == ".safetensors":
+        path, stale = dst, []
+    elif dst.is_file():
         raise UsageError(f"DST {str(dst)!r} is a file; give a folder or a .safetensors path")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{str(path)!r} already exists; pass --overwrite to replace it or choose another DST")
-    return path
+    else:
+        path, stale = dst / checkpoint.LAST, [dst / checkpoint.BEST]
+    taken = [p for p in (path, *stale) if p.exists()]
+    if taken and not overwrite:
+        raise UsageError(f"{str(taken[0])!r} already exists; pass --overwrite to replace it or choose another DST")
+    return path, stale
 
 
 def hf_to_gptkit(folder: Path, dst: Path, dtype: str | None = None, overwrite: bool = False) -> ConvertResult:
@@ -186,17 +192,18 @@ def hf_to_gptkit(folder: Path, dst: Path, dtype: str | None = None, overwrite: b
     cfg = hf.config_from_hf(hf_config)
     tensors = _cast(hf.from_hf_state_dict(hf_tensors, cfg), dtype)
     tok = _tokenizer_for(folder, cfg)
-    path = _checkpoint_path(dst, overwrite)
+    path, stale = _checkpoint_path(dst, overwrite)
     source = {"format": "huggingface", "model_type": "gpt2", "path": str(folder.resolve()),
               "transformers_version": hf_config.get("transformers_version")}
     metadata = {
-        "run": path.parent.name, "model_config": to_dict(cfg), "train_config": to_dict(TrainConfig(tokenizer=tok.name)),
-        "tokenizer": tok.to_dict(),
-        # no training happened here: step 0, and where the weights came from
+        # no train_config and step 0: no training happened here; the state says where the weights came from
+        "run": path.parent.name, "model_config": to_dict(cfg), "tokenizer": tok.to_dict(),
         "state": {"step": 0, "tokens_seen": 0, "converted_from": source,
                   "versions": {"gptkit": __version__, "torch": torch.__version__}},
     }
     checkpoint.save(path, _gptkit_module(cfg, tensors), metadata)
+    for p in stale:
+        p.unlink(missing_ok=True)
     params = sum(t.numel() for t in tensors.values())
     return ConvertResult(HF_TO_GPTKIT, folder, path, cfg, _dtype_name(tensors), tok.name, params, [path.name])
 

@@ -277,7 +277,9 @@ def test_library_refusals(hf_gpt2, tmp_path):
     convert(folder, tmp_path / "ck")
     with pytest.raises(UsageError, match="--overwrite"):
         convert(folder, tmp_path / "ck")
+    shutil.copy(tmp_path / "ck" / "last.safetensors", tmp_path / "ck" / "best.safetensors")  # like a trained run
     convert(folder, tmp_path / "ck", overwrite=True)
+    assert not (tmp_path / "ck" / "best.safetensors").exists()  # it would shadow the new last for `sample`
     with pytest.raises(UsageError, match="--dtype"):
         convert(folder, tmp_path / "x", dtype="int8")
     other_vocab = tmp_path / "other-vocab"
