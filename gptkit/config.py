@@ -106,6 +106,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 DEFAULT_PRESET = "tiny"
+# With no --preset, the size follows the device: a CPU gets the small fast model, a GPU nanoGPT's
+# 10M shakespeare-char model. A preset named on the command line or in a config file always wins.
+DEVICE_PRESETS = {"cpu": "tiny", "mps": "small", "cuda": "baby"}
 
 _CHOICES = {
     "pos_encoding": ("learned", "rope"),
@@ -184,13 +187,16 @@ def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    device_type: str = "cpu",
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Merge defaults < preset < config file < overrides (None values are ignored), then validate."""
+    """Merge defaults < preset < config file < overrides (None values are ignored), then validate.
+    Without a preset anywhere, the device's default preset applies (DEVICE_PRESETS)."""
     file_values = load_toml(config_file) if config_file else {}
     _check_known(file_values, f"config file {str(config_file)!r}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_known(overrides, "overrides")
-    name = overrides.get("preset") or preset or file_values.get("preset") or DEFAULT_PRESET
+    name = (overrides.get("preset") or preset or file_values.get("preset")
+            or DEVICE_PRESETS.get(device_type, DEFAULT_PRESET))
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     model: dict[str, Any] = {}

@@ -46,7 +46,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype. auto: bf16 on GPUs that support it (fp16 on older ones), fp32 elsewhere."""
+    """The autocast dtype. auto: bf16 on GPUs that support it (fp16 on older ones) and on CPUs with
+    native bf16 units; fp32 elsewhere."""
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name != "auto":
         if name == "float16" and device.type == "cpu":
@@ -54,7 +55,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         return table[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16  # AVX-512 BF16 / AMX: bf16 matmuls run several times faster than fp32
+    return torch.float32  # e.g. AVX2-only CPUs, where bf16 is emulated and ~10x slower than fp32
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -68,3 +68,11 @@ def test_unknown_preset_and_unknown_file_key(tmp_path):
     f.write_text("n_layer = [\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         resolve_config(None, f)
+
+
+def test_default_preset_follows_the_device(tmp_path):
+    assert resolve_config(None, None, {}, device_type="cuda")[0].n_embd == 384  # baby on a GPU
+    assert resolve_config(None, None, {}, device_type="cpu")[0] == resolve_config("tiny")[0]
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "small"\n')
+    assert resolve_config(None, f, {}, device_type="cuda")[0].n_embd == 192  # a named preset wins

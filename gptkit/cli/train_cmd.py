@@ -93,7 +93,7 @@ def train_command(
     with handle_errors():
         check_data_arg(data)
         explicit = {k for k, v in settings.items() if v is not None}
-        mc, tc = resolve_config(preset, config, settings)
+        mc, tc = resolve_config(preset, config, settings, device_type=_device_type(settings.get("device")))
         store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
         run_dir = _pick_run_dir(store, run, data, resume, overwrite)
         if resume and data is None:
@@ -116,6 +116,15 @@ def train_command(
             _summary(result)
         if result.interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _device_type(device: str | None) -> str:
+    """cpu/cuda/mps for choosing the default preset; asks torch only when the flag leaves it open."""
+    if device and device != "auto":
+        return device.split(":")[0]
+    from gptkit.runtime import pick_device
+
+    return pick_device("auto").type
 
 
 def _pick_run_dir(store: Path, run: str | None, data: str | None, resume: bool, overwrite: bool) -> Path:
