@@ -118,6 +118,7 @@ def test_hf_gptkit_hf_round_trip_is_byte_identical_and_loads_cleanly(hf_gpt2, tr
         assert ids == ours.encode(text)
         assert hf_tok.decode(ids) == text
     assert hf_tok.eos_token_id == ours.eot_id == 50256
+    assert convert(back, tmp_path / "again.safetensors").tokenizer == "gpt2"  # its vocab.json is GPT-2's: accepted
 
 
 def test_trained_checkpoint_to_hf_matches_logits_and_back(trained_run, transformers, tmp_path, capfd,
