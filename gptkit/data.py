@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,9 @@ class TokenDataset:
     val: np.ndarray
     meta: dict[str, Any]
 
-    @property
+    @cached_property
     def tokenizer(self) -> Tokenizer:
+        """Rebuilt from meta.json once (a tiktoken encoding takes a fraction of a second to build)."""
         return tokenizer_from_dict(self.meta["tokenizer"])
 
     @property

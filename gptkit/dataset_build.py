@@ -177,7 +177,9 @@ def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None
         "tokenizer": tokenizer.to_dict(),
     }
     atomic_write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-    return load_dataset(out_dir)
+    ds = load_dataset(out_dir)
+    ds.__dict__["tokenizer"] = tokenizer  # fill the cached property: the same tokenizer, not rebuilt
+    return ds
 
 
 def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_chars: int, workers: int | None,
