@@ -33,8 +33,8 @@ class KVCache:
 
     A compiled decode step needs shapes and addresses that never change (CUDA graphs replay fixed
     pointers): inside `static_step()` the position lives in the tensor `step_pos` (1,), each layer
-    writes with `index_copy_` there and attends over the whole buffer through `mask` (1, max_len),
-    True at the filled positions.
+    writes with `index_copy_` there and attends over the whole buffer through the additive `mask`
+    (1, max_len): 0 at the filled positions, -inf at the others.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
@@ -43,7 +43,7 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.mask = torch.zeros(1, self.max_len, dtype=torch.bool, device=device)
+        self.mask = torch.full((1, self.max_len), float("-inf"), device=device, dtype=dtype)
         self.step_pos = torch.zeros(1, dtype=torch.long, device=device)
         self.static = False
         self.pos = 0
@@ -62,11 +62,11 @@ class KVCache:
         return self.k[layer, :B, :, :self.pos + T], self.v[layer, :B, :, :self.pos + T], None
 
     def advance(self, n: int) -> None:
-        self.mask[:, self.pos:self.pos + n] = True
+        self.mask[:, self.pos:self.pos + n] = 0.0
         self.pos += n
 
     def reset(self) -> None:
-        self.mask.zero_()
+        self.mask.fill_(float("-inf"))
         self.pos = 0
 
     @contextmanager
@@ -74,7 +74,7 @@ class KVCache:
         """One decode step at `pos` with fixed shapes (see the class docstring); advances by one."""
         assert self.pos < self.max_len, "KV cache overflow: the caller must slide the window"
         self.step_pos.fill_(self.pos)
-        self.mask[:, self.pos] = True
+        self.mask[:, self.pos] = 0.0
         self.static = True
         try:
             yield

@@ -30,7 +30,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 
     need(max_new_tokens >= 0, f"--max-new-tokens must be 0 or more, got {max_new_tokens}")
     need(math.isfinite(temperature) and temperature >= 0, f"--temperature must be 0 (greedy) or more, got {temperature}")
-    need(top_k is None or top_k >= 1, f"--top-k must be at least 1, got {top_k}")
+    need(top_k is None or top_k >= 0, f"--top-k must be 0 (off) or more, got {top_k}")
     need(0 < top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {top_p}")
     need(0 <= min_p <= 1, f"--min-p must be in [0, 1] (0 = off), got {min_p}")
     need(math.isfinite(repetition_penalty) and repetition_penalty > 0,
@@ -165,13 +165,13 @@ def sample_command(
                                                help="checkpoint store folder [default: ./checkpoints]"),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", "-n", help="tokens to generate per sample"),
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="softmax temperature; 0 = greedy"),
-    top_k: Optional[int] = typer.Option(200, "--top-k", help="sample among the k most likely tokens"),
+    top_k: Optional[int] = typer.Option(200, "--top-k", help="sample among the k most likely tokens (0 = off)"),
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus: the most likely tokens holding this mass (1 = off)"),
     min_p: float = typer.Option(0.0, "--min-p", help="drop tokens below this fraction of the top one's probability"),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help=">1 discourages repeating tokens (1 = off)"),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="seed for reproducible output"),
     num_samples: int = typer.Option(1, "--num-samples", help="samples per prompt, decoded together as one batch"),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="end a sample at this text (not printed); repeatable"),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", metavar="TEXT", help="end a sample at this text (not printed); repeatable"),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="print the prompt before the continuation"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute the full context every token (reference path)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
@@ -208,7 +208,7 @@ def sample_command(
             typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "
                        f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}", err=True)
         engine = Engine(model, num_samples, use_cache=not no_cache, compile=use_compile)
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
