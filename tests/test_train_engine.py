@@ -129,3 +129,17 @@ def test_architecture_switches_train_and_round_trip(tmp_path, switch):
     _, loss = model(x, x)
     again, _, _ = checkpoint.load_for_inference(tmp_path / "r" / checkpoint.LAST)
     assert torch.equal(model(x)[0], again(x)[0])
+
+
+def test_compiled_training_on_cpu_saves_plain_names_and_samples_at_evals(tmp_path):
+    """torch.compile (inductor) runs on CPU too; the checkpoint holds the plain module's names."""
+    events = []
+    mc, tc = resolve_config("tiny", None, {**SMALL, "n_layer": 1, "max_iters": 4, "eval_interval": 2,
+                                           "compile": True, "sample_every": 2})
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "c", tmp_path, on_event=events.append)
+    info = checkpoint.read_info(tmp_path / "c" / checkpoint.LAST)
+    assert not any("_orig_mod" in k for k in info.tensors)
+    samples = [e for e in events if e["event"] == "sample"]
+    assert [e["step"] for e in samples] == [2, 4] and all(len(e["text"]) > 20 for e in samples)
+    model, _, _ = checkpoint.load_for_inference(tmp_path / "c" / checkpoint.LAST)
+    assert model(torch.zeros(1, 8, dtype=torch.long))[0].shape == (1, 8, 65)
