@@ -6,12 +6,14 @@ step decodes one token per row. Like nanochat's engine it knows nothing about to
 (`completion.py` does that); choosing a token from logits is `sampling.py`.
 
 The context window. A model only ever sees `block_size` positions. When the sequence outgrows the
-window, the window restarts on the last `keep` tokens (default 3/4 of a block): with the cache that
-means one re-prefill of those tokens, after which decoding resumes; so every prediction sees between
-`keep` and `block_size` tokens, and the cost per token stays flat. The no-cache path
-(`use_cache=False`) runs a full forward over exactly the same window at every step: it is the
-reference, and the two agree to fp32 rounding at every step, past `block_size` too, with learned
-positions and with RoPE alike (positions always restart at 0, inside the trained range).
+window, the window restarts on the last `keep` tokens (default half a block, as llama.cpp's context
+shift drops half): with the cache that means one re-prefill of those tokens every `block_size - keep`
+new tokens, so every prediction sees between `keep` and `block_size` tokens and the cost per token
+stays flat. The no-cache path (`use_cache=False`) runs a full forward over exactly the same window at
+every step: it is the reference, and the two agree to fp32 rounding at every step, past
+`block_size` too, with learned positions and with RoPE alike (positions always restart at 0, inside
+the trained range). Shifting a RoPE cache instead of re-prefilling would be cheaper but not equal to
+any full forward: the kept keys were computed while their tokens saw older context.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class Engine:
         p = next(model.parameters())
         self.device = p.device
         self.block_size = model.config.block_size
-        self.keep = max(1, min(self.block_size, keep or self.block_size * 3 // 4))
+        self.keep = max(1, min(self.block_size, keep or self.block_size // 2))
         self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
         self.decode = decode_logits
         if compile and self.cache is not None:

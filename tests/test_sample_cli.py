@@ -40,12 +40,13 @@ def test_stop_string_spanning_tokens_is_cut_exactly(trained_run, tmp_path):
     full = json.loads(free.stdout)["text"]
     stop = full[40:44]  # four characters: four tokens of this char model
     out = sample(run, "-p", "KING:", "-n", "120", "--seed", "1", "--no-echo", "--stop", stop, "--stop", "@@",
-                 "--stats", cwd=tmp_path)
+                 "-v", cwd=tmp_path)
     expected = full[:full.index(stop)]
     assert out.stdout == expected + ("" if expected.endswith("\n") else "\n")
     assert stop not in out.stdout
-    stats = out.stderr.strip().splitlines()
-    assert len(stats) == 1 and "tokens/s" in stats[0] and "first token" in stats[0]  # stats on stderr only
+    info, stats = out.stderr.strip().splitlines()  # -v: what ran, then the stats, on stderr only
+    assert "cpu float32 | compile off" in info  # no compile on CPU unless asked
+    assert stats.startswith("stats: prompt 5 tokens") and "tokens/s" in stats and "first token" in stats
 
 
 def test_lines_json_is_one_valid_object_per_sample_in_order(trained_run, tmp_path):

@@ -39,7 +39,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     need(all(stops), "--stop needs a non-empty string")
 
 
-def read_prompt_text(prompt: str | None, prompt_file: Path | None) -> str:
+def read_prompt_text(prompt: str | None, prompt_file: Path | None, lines: bool = False) -> str:
     """The prompt text from --prompt, --prompt-file, or stdin (empty when stdin is a terminal)."""
     from gptkit.corpus import decode_utf8
 
@@ -51,6 +51,8 @@ def read_prompt_text(prompt: str | None, prompt_file: Path | None) -> str:
         except OSError as e:
             raise InputError(f"cannot read prompt file {str(prompt_file)!r}: {e.strerror}") from None
     elif sys.stdin is None or sys.stdin.isatty():
+        if lines:
+            raise UsageError("--lines reads prompts from a pipe, --prompt-file or --prompt; stdin is a terminal")
         return ""
     else:
         data, name = sys.stdin.buffer.read(), "the prompt on stdin"
@@ -147,9 +149,9 @@ def sample_record(result: Any, s: Any, prompt_index: int) -> dict[str, Any]:
 
 def stats_line(result: Any) -> str:
     n = len(result.samples)
-    made = f"{result.generated_tokens}" + (f" in {n} samples" if n > 1 else "")
+    made = f"{result.generated_tokens} tokens" + (f" ({n} samples)" if n > 1 else "")
     ttft = "-" if result.first_token_seconds is None else f"{result.first_token_seconds * 1000:.0f} ms"
-    return (f"stats: prompt {result.prompt_tokens} tokens | generated {made} tokens | "
+    return (f"stats: prompt {result.prompt_tokens} tokens | generated {made} | "
             f"{result.tokens_per_second:.1f} tokens/s | first token {ttft} | {result.seconds:.2f} s")
 
 
@@ -199,11 +201,11 @@ def sample_command(
         precision = pick_dtype(dtype, dev)
         model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
         model.to(precision)
-        text = read_prompt_text(prompt, prompt_file)
+        text = read_prompt_text(prompt, prompt_file, lines)
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
-        use_compile = want_compile({None: "auto", True: "on", False: "off"}[compile], dev) and not no_cache
+        use_compile = want_compile(compile, dev) and not no_cache
         if verbose:
             typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "
                        f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}", err=True)
