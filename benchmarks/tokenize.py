@@ -17,11 +17,17 @@ ratio (target >= 0.9x) and the command's peak RSS (target <= 300 MB).
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+# Run as `python benchmarks/X.py`, this folder comes first on sys.path, where benchmarks/tokenize.py
+# would shadow the standard library's tokenize (imported by linecache, inspect, torch): drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
