@@ -55,8 +55,11 @@ def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
     T = len(labels)
     cw = 2 if T <= 40 else 1
     lw = label_width(labels)
-    out = Text(title + "\n", style="bold")
+    out = Text()
+    out.append(title + "\n", style="bold")
     out.append(" " * lw + "".join(lb[:1].ljust(cw) for lb in labels) + "\n", style="dim")
+    if any(len(lb) > 1 for lb in labels):  # multi-character tokens: number the columns too
+        out.append(" " * lw + "".join(str(j % 10).ljust(cw) for j in range(T)) + "\n", style="dim")
     for i, row in enumerate(weights):
         out.append(row_label(i, labels[i], lw), style="dim")
         for j, w in enumerate(row):
@@ -71,7 +74,8 @@ def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
 def number_matrix(weights: list[list[float]], labels: list[str], title: str) -> Text:
     """The weight matrix itself, two decimals; the masked future (exact zeros) dimmed."""
     lw = label_width(labels)
-    out = Text(title + "\n", style="bold")
+    out = Text()
+    out.append(title + "\n", style="bold")
     out.append(" " * lw + "".join(f"{lb[:4]:>5}" for lb in labels) + "\n", style="dim")
     for i, row in enumerate(weights):
         out.append(row_label(i, labels[i], lw), style="dim")
@@ -99,11 +103,11 @@ def render_summary(console: Console, s: dict[str, Any]) -> None:
     params.add_row("non-embedding", f"{s['params']['non_embedding']:,}", "")
     console.print(Columns([Group(Text("model", style="italic"), model), params], padding=(0, 4)))
     tok = s["tokenizer"]
-    console.print(f"tokenizer: {tok['kind']} ({tok['name']}), {tok['vocab_size']:,} ids")
+    console.print(f"tokenizer: {tok['kind']} ({tok['name']}), {tok['vocab_size']:,} ids", markup=False)
     render_training(console, s)
     dtypes = ", ".join(f"{k} x{v}" for k, v in s["dtypes"].items())
     console.print(f"file: {s['file_bytes'] / 1e6:.2f} MB, tensors {dtypes}, format version {s['format_version']}, "
-                  f"optimizer state {'yes' if s['has_optimizer_state'] else 'no'}")
+                  f"optimizer state {'yes' if s['has_optimizer_state'] else 'no'}", markup=False)
 
 
 def _num(v: Any, fmt: str) -> str:
@@ -115,7 +119,7 @@ def render_training(console: Console, s: dict[str, Any]) -> None:
     data = t.get("data") or {}
     console.print(f"training: {_num(t.get('step'), ',')} steps, {_num(t.get('tokens_seen'), ',')} tokens seen, "
                   f"best val loss {_num(t.get('best_val_loss'), '.4f')}, val loss {_num(t.get('val_loss'), '.4f')} "
-                  f"({_num(t.get('val_bpc'), '.3f')} bits/char), data {data.get('origin', '-')}")
+                  f"({_num(t.get('val_bpc'), '.3f')} bits/char), data {data.get('origin', '-')}", markup=False)
     curve = [p for p in s["loss_curve"] if isinstance(p.get("val_loss"), (int, float))]
     if curve:
         vals = [p["val_loss"] for p in curve]
@@ -145,7 +149,7 @@ def token_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("prob", justify="right")
     table.add_column("")
     for r in rows:
-        table.add_row(repr(r["text"]), str(r["id"]), f"{r['prob']:.3f}", Text("█" * round(20 * r["prob"]), "green"))
+        table.add_row(Text(repr(r["text"])), str(r["id"]), f"{r['prob']:.3f}", Text("█" * round(20 * r["prob"]), "green"))
     return table
 
 
@@ -174,7 +178,7 @@ def render_lens(console: Console, res: dict[str, Any], k: int = 5) -> None:
     table = Table(show_edge=False)
     table.add_column("after")
     table.add_column(f"top {k}")
-    table.add_column(f"p({target['text']!r})", justify="right")
+    table.add_column(Text(f"p({target['text']!r})"), justify="right")
     for row in res["logit_lens"]:
         top = Text()
         for t in row["top"][:k]:
@@ -202,7 +206,7 @@ def render_attribution(console: Console, res: dict[str, Any]) -> None:
 
 def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> None:
     heading(console, "FFN-output neighbours", f"{nb['positions_scanned']:,} positions of {nb['source']['path']} "
-            f"({nb['source']['scope']}), each run as a {nb['window']}-token window like the prompt")
+            f"({nb['source']['scope']}), each run in a window of {nb['window']} tokens, as long as the prompt")
     for b in nb["blocks"]:
         table = Table(title=f"block {b['layer']}", title_justify="left", show_edge=False)
         table.add_column("position", justify="right")
@@ -210,7 +214,8 @@ def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> No
         table.add_column("context")
         table.add_column("then")
         for n in b["neighbors"][:shown]:
-            table.add_row(f"{n['position']:,}", f"{n['score']:.4f}", repr(n["context"][-40:]), repr(n["next"]["text"]))
+            table.add_row(f"{n['position']:,}", f"{n['score']:.4f}", Text(repr(n["context"][-40:])),
+                          Text(repr(n["next"]["text"])))
         console.print(table)
     heading(console, "what followed them", f"the next tokens of all {nb['k']} x {len(nb['blocks'])} neighbours, "
             "against the model's probabilities")
@@ -218,12 +223,12 @@ def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> No
     for col in ("token", "count", "share", "model prob"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for a in nb["approx"][:10]:
-        table.add_row(repr(a["text"]), str(a["count"]), f"{a['prob']:.3f}", f"{a['model_prob']:.3f}")
+        table.add_row(Text(repr(a["text"])), str(a["count"]), f"{a['prob']:.3f}", f"{a['model_prob']:.3f}")
     console.print(table)
     top = nb["model_top"]
     agree = "agrees" if nb["top1_agree"] else "disagrees"
     console.print(f"top-1 {agree} (neighbours {nb['approx'][0]['text']!r}, model {top['text']!r}); "
-                  f"KL(neighbours ‖ model) = {nb['kl_approx_model']:.3f} nats")
+                  f"KL(neighbours ‖ model) = {nb['kl_approx_model']:.3f} nats", markup=False)
 
 
 def render(console: Console, summary: dict[str, Any], res: dict[str, Any] | None = None,

@@ -13,7 +13,7 @@ from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
 PROMPT = "KING RICHARD III:\nWhat says the"
 
 
-def inspect(trained_run, *args: str, cwd=None):
+def run_inspect(trained_run, *args: str, cwd=None):
     return run_cli("inspect", *args, "--checkpoints", str(trained_run["store"]), cwd=cwd)
 
 
@@ -40,7 +40,7 @@ def test_inspect_help_does_not_import_torch():
 
 
 def test_summary_of_the_newest_run(trained_run):
-    proc = inspect(trained_run)  # no PATH|RUN: the newest run in the store
+    proc = run_inspect(trained_run)  # no PATH|RUN: the newest run in the store
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     out = proc.stdout
@@ -53,7 +53,7 @@ def test_summary_of_the_newest_run(trained_run):
 
 def test_json_holds_every_number(trained_run, tmp_path):
     page = tmp_path / "view.html"
-    proc = inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))
+    proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is the JSON and nothing else
     assert set(doc) == {"summary", "analysis", "neighbors"} and doc["neighbors"] is None
@@ -75,7 +75,7 @@ def test_json_holds_every_number(trained_run, tmp_path):
 
 def test_view_and_svg_of_one_head(trained_run, tmp_path):
     svg = tmp_path / "head.svg"
-    proc = inspect(trained_run, str(trained_run["run_dir"]), "-p", PROMPT, "--layer", "1", "--head", "2",
+    proc = run_inspect(trained_run, str(trained_run["run_dir"]), "-p", PROMPT, "--layer", "1", "--head", "2",
                    "--numbers", "--save", str(svg))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -91,7 +91,7 @@ def test_neighbours_from_a_file_whose_hash_differs(trained_run, tmp_path):
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000].replace("Citizen", "Burgher")
     data = tmp_path / "edited.txt"
     data.write_text(text, encoding="utf-8")
-    proc = inspect(trained_run, "-p", "the king", "--neighbors", "--data", str(data), "--max-positions", "300",
+    proc = run_inspect(trained_run, "-p", "the king", "--neighbors", "--data", str(data), "--max-positions", "300",
                    "--n-neighbors", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
