@@ -87,22 +87,27 @@ def test_view_and_svg_of_one_head(trained_run, tmp_path):
     assert text.startswith("<svg") and len(text) > 10_000 and "logit&#160;lens" in text
 
 
-def test_neighbours_from_a_file_whose_hash_differs(trained_run, tmp_path):
+def test_neighbors_flag_finds_a_copied_prompt_in_a_file_whose_hash_differs(trained_run, tmp_path):
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000].replace("Citizen", "Burgher")
     data = tmp_path / "edited.txt"
     data.write_text(text, encoding="utf-8")
-    proc = run_inspect(trained_run, "-p", "the king", "--neighbors", "--data", str(data), "--max-positions", "300",
-                   "--n-neighbors", "3", "--json")
+    end = 190
+    prompt = text[end - 11:end + 1]  # 't Burgher:\nF', copied from the edited file, found once in it
+    assert text.count(prompt) == 1
+    proc = run_inspect(trained_run, "-p", prompt, "--neighbors", "--data", str(data), "--max-positions", "300",
+                       "--n-neighbors", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "differs from the text this checkpoint was trained on" in warnings[0]
     assert "Traceback" not in proc.stderr
     nb = json.loads(proc.stdout)["neighbors"]
     assert nb["source"] == {"path": str(data), "scope": "whole file"}
-    assert nb["positions_scanned"] == 300 and nb["window"] == len("the king")
+    assert nb["positions_scanned"] == 300 and nb["window"] == len(prompt)
     for block in nb["blocks"]:
+        assert block["neighbors"][0]["position"] == end
+        assert block["neighbors"][0]["score"] == pytest.approx(1.0, abs=1e-5)
         for n in block["neighbors"]:
-            assert text[n["position"] - 7:n["position"] + 1] == n["context"]
+            assert text[n["position"] - 11:n["position"] + 1] == n["context"]
             assert text[n["position"] + 1] == n["next"]["text"]
 
 
