@@ -11,7 +11,7 @@ Prints, measured in one run so the ratios hold on a noisy machine:
      texts agree and how far the logits drift.
 Random weights: speed does not depend on them.
 
-    python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--dtype bfloat16] [--compile]
+    python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--threads 1] [--dtype bfloat16] [--compile]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import torch
 
 from gptkit.config import ModelConfig
-from gptkit.generate import Engine
+from gptkit.generate import Engine, window_start
 from gptkit.model import GPT
 from gptkit.sampling import SamplingParams
 
@@ -43,15 +43,18 @@ def timed_run(engine: Engine, prompt: list[int], n: int) -> tuple[float, list[fl
     return n / (last - t0), times, ids, logits
 
 
-def by_context(times: list[float], prompt_len: int, block: int, keep: int, bucket: int = 64) -> dict[int, float]:
-    """Mean ms per token, grouped by how many tokens the model saw for it (the window's length)."""
-    groups: dict[int, list[float]] = {}
+def by_context(times: list[float], prompt_len: int, block: int, keep: int, bucket: int = 64) -> dict[str, float]:
+    """Mean ms per token grouped by how many tokens the model saw for it (the window's length);
+    the steps where the window restarted (a re-prefill of `keep` tokens) are grouped apart."""
+    groups: dict[str, list[float]] = {}
     start, n = max(0, prompt_len - block), prompt_len
     for t in times[1:]:  # the first step includes the prompt's prefill
         n += 1
-        start = start if n - start <= block else n - keep
-        groups.setdefault((n - start - 1) // bucket * bucket, []).append(t)  # 1-64 -> 0, 65-128 -> 64, ...
-    return {k: 1000 * sum(v) / len(v) for k, v in sorted(groups.items())}
+        new_start = window_start(start, n, block, keep)
+        moved, start = new_start != start, new_start
+        k = (n - start - 1) // bucket * bucket
+        groups.setdefault("restart" if moved else f"{k + 1}-{k + bucket}", []).append(t)
+    return {k: 1000 * sum(v) / len(v) for k, v in groups.items()}
 
 
 def hf_model(model: GPT):
@@ -112,7 +115,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="bfloat16 also runs the bf16 vs fp32 comparison")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for every path (gptkit sample's default: 1)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(BABY).eval()
     n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
@@ -130,8 +135,8 @@ def main() -> None:
               f"| {tps_c / tps_p:5.1f}x | same greedy text: {ids_c == ids_p}")
         flat_c = by_context(times_c, ctx, BABY.block_size, cached.keep)
         flat_p = by_context(times_p, ctx, BABY.block_size, plain.keep)
-        print("  ms/token by context length:", " | ".join(
-            f"{k + 1}-{k + 64}: {flat_c[k]:.2f} vs {flat_p.get(k, float('nan')):.1f}" for k in flat_c))
+        print("  ms/token (cache vs no cache) by context length:", " | ".join(
+            f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}" for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
     compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)

@@ -100,6 +100,7 @@ def test_output_streams_before_generation_ends(trained_run, tmp_path):
     (["--min-p", "2"], "--min-p"),
     (["--num-samples", "0"], "--num-samples"),
     (["--stop", ""], "--stop"),
+    (["--threads", "0"], "--threads"),
     (["-p", "a", "--prompt-file", "p.txt"], "not both"),
     (["-c", "ghost"], "ghost"),
     ([], "no runs"),

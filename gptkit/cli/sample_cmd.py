@@ -180,6 +180,7 @@ def sample_command(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                            help="torch.compile the decode step [default: on for CUDA only]"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (one is fastest for small batches, and on a busy machine)"),
     stats: bool = typer.Option(False, "--stats", help="print prompt/generated tokens, tokens/s, time to first token on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="--stats, plus which checkpoint and device"),
 ) -> None:
@@ -189,8 +190,12 @@ def sample_command(
         if prompt is not None and prompt_file is not None:
             raise UsageError("give --prompt or --prompt-file, not both")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")
+        import torch
+
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete
         from gptkit.generate import Engine
@@ -198,6 +203,10 @@ def sample_command(
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
+        if dev.type == "cpu":
+            # Decoding a small batch is a chain of small ops bound by one core's memory bandwidth:
+            # a second thread gains little, and on a shared machine every op waits for it.
+            torch.set_num_threads(threads)
         precision = pick_dtype(dtype, dev)
         model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
         model.to(precision)
@@ -208,7 +217,8 @@ def sample_command(
         use_compile = want_compile(compile, dev) and not no_cache
         if verbose:
             typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "
-                       f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}", err=True)
+                       f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}"
+                       + (f" | {torch.get_num_threads()} thread(s)" if dev.type == "cpu" else ""), err=True)
         engine = Engine(model, num_samples, use_cache=not no_cache, compile=use_compile)
         params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
