@@ -117,3 +117,5 @@ def test_prompt_outside_the_char_vocabulary(trained_run, tmp_path):
     proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt-file", str(bad), "--lines", cwd=tmp_path)
     assert_one_line_error(proc, "line 2", "'☃'")
     assert proc.stdout == ""  # checked before anything is generated
+    proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt-file", "missing.txt", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot read prompt file", "missing.txt")
