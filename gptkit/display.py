@@ -1,13 +1,12 @@
-"""Rendering: training progress on stderr, streamed text on stdout.
+"""Rendering of training: progress on stderr, the end-of-run loss curve.
 
-Owns how things look: a rich progress view when stderr is a terminal, plain log lines otherwise
-(so logs in files and CI stay readable), and the incremental UTF-8 writer that streams generated
-bytes to stdout without ever printing a broken character. It computes nothing.
+Owns how a run looks: a rich progress view when stderr is a terminal, plain log lines otherwise
+(so logs in files and CI stay readable). It computes nothing. Streaming generated text is
+completion.py's job; inspect and tokenize have their own views.
 """
 
 from __future__ import annotations
 
-import codecs
 import math
 import os
 import sys
@@ -128,26 +127,3 @@ class TrainView:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-
-
-class Utf8Stream:
-    """Write raw token bytes to a text stream as UTF-8, holding back an incomplete character
-    until its last byte arrives, flushing after every write (pipes see text as it is made)."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def write(self, data: bytes) -> str:
-        text = self.decoder.decode(data)
-        if text:
-            self.stream.write(text)
-            self.stream.flush()
-        return text
-
-    def finish(self) -> str:
-        text = self.decoder.decode(b"", final=True)
-        if text:
-            self.stream.write(text)
-        self.stream.flush()
-        return text
