@@ -13,6 +13,7 @@ It does not decide *when* to save (train.py does) or build optimizers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from gptkit.config import ModelConfig, from_dict
-from gptkit.errors import CheckpointError
+from gptkit.errors import CheckpointError, GptkitError, TokenizerError
 from gptkit.fsio import atomic_write, clean_stale_temps
 
 FORMAT_NAME = "gptkit"
@@ -118,10 +119,13 @@ def _read_header(path: Path) -> dict[str, Any]:
         try:
             start, end = info["data_offsets"]
             ok = 0 <= start <= end <= data_len
+            shaped = all(type(d) is int and d >= 0 for d in info["shape"])
         except (TypeError, KeyError, ValueError):
-            ok = False
+            ok = shaped = False
         if not ok:
             raise CheckpointError(f"{str(path)!r} is truncated or corrupted (tensor {name!r} lies beyond the file's end)")
+        if not shaped:
+            raise CheckpointError(f"{str(path)!r} has a corrupted safetensors header (tensor {name!r} has no valid shape)")
     return header
 
 
@@ -166,6 +170,8 @@ def read_info(path: str | Path) -> CheckpointInfo:
             try:
                 meta[key] = json.loads(raw[key])
             except json.JSONDecodeError:
+                meta[key] = None
+            if not isinstance(meta[key], dict):
                 raise CheckpointError(f"{str(path)!r} has corrupted {key} metadata") from None
     meta["format_version"] = version
     return CheckpointInfo(path, meta, header)
@@ -188,25 +194,31 @@ def load_tensors(info: CheckpointInfo, prefix: str, device: str | torch.device =
 
 def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
     """Rebuild the GPT from a checkpoint's config and `model.*` tensors; checks every name and shape."""
+    from gptkit.config import TrainConfig, validate
     from gptkit.model import GPT
+    from gptkit.runtime import approx_params
 
+    declared = {k[len("model."):]: tuple(v["shape"]) for k, v in info.tensors.items() if k.startswith("model.")}
+    stored = sum(math.prod(shape) for shape in declared.values())
     try:
         cfg = info.model_config
-        model = GPT(cfg)
-    except (TypeError, ValueError, AssertionError) as e:
+        validate(cfg, TrainConfig())
+        if approx_params(cfg) > stored:  # a damaged config must not make us build a model the file cannot fill
+            raise ValueError(f"it describes ~{approx_params(cfg):,} parameters, the file holds {stored:,}")
+        with torch.device("meta"):  # shapes only: nothing is allocated until they match the file
+            expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items() if k != "lm_head.weight"}
+    except (GptkitError, TypeError, ValueError, ArithmeticError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"{str(info.path)!r} has an unusable model_config ({e})") from None
-    weights = load_tensors(info, "model.")
-    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    missing = sorted(set(expected) - set(declared))
+    unexpected = sorted(set(declared) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{str(info.path)!r} does not match its config: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
-    for k, v in weights.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{str(info.path)!r}: tensor {k} has shape {tuple(v.shape)}, "
-                                  f"config needs {tuple(expected[k].shape)}")
-    model.load_state_dict(weights, strict=False)  # strict=False only because lm_head is tied to wte
+    for k, shape in declared.items():
+        if shape != expected[k]:
+            raise CheckpointError(f"{str(info.path)!r}: tensor {k} has shape {shape}, config needs {expected[k]}")
+    model = GPT(cfg)
+    model.load_state_dict(load_tensors(info, "model."), strict=False)  # strict=False: lm_head is tied to wte
     return model.to(device)
 
 
@@ -216,8 +228,14 @@ def load_for_inference(ref: str | Path | None = None, store: Path | None = None,
     from gptkit.tokenizer import tokenizer_from_dict
 
     info = read_info(resolve(ref, store))
-    tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
+    try:
+        tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
+    except TokenizerError as e:
+        raise CheckpointError(f"{str(info.path)!r} holds a damaged tokenizer: {e}") from None
     model = build_model(info, device)
+    if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding
+        raise CheckpointError(f"{str(info.path)!r} is inconsistent: its tokenizer has {tokenizer.vocab_size} ids, "
+                              f"its model {model.config.vocab_size}")
     model.eval()
     return model, tokenizer, info
 

@@ -270,11 +270,18 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     need(tc.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {tc.grad_clip}")
     need(tc.vocab_size is None or tc.vocab_size >= 256,
          f"--vocab-size must be at least 256 for bpe (the 256 byte tokens), got {tc.vocab_size}")
+    check_seed(tc.seed)
     for obj in (mc, tc):
         for name, choices in _CHOICES.items():
             if hasattr(obj, name):
                 v = getattr(obj, name)
                 need(v in choices, f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {v!r}")
+
+
+def check_seed(seed: int | None) -> None:
+    """A seed every generator we use accepts (numpy wants >= 0, torch < 2**64)."""
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**63-1, got {seed}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -289,5 +296,5 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 __all__ = [
     "ModelConfig", "TrainConfig", "SampleConfig", "PRESETS", "DEFAULT_PRESET",
-    "parse_duration", "load_toml", "resolve_config", "validate", "to_dict", "from_dict",
+    "parse_duration", "load_toml", "resolve_config", "validate", "check_seed", "to_dict", "from_dict",
 ]

@@ -1,13 +1,16 @@
 """Atomic file writes: a temporary file in the same folder, flushed and fsynced, then `os.replace`d.
 
 Owns the one rule that keeps data safe: a reader sees the old file or the new one, never half of
-either, and a crash leaves at worst a stray `.NAME.tmp-PID` file that later writes clean up.
+either, and a crash leaves at worst a stray `.NAME.tmp-PID` file that later writes clean up; and a
+command that fails before it has anything to keep removes the folders it created.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -56,3 +59,20 @@ def clean_stale_temps(folder: Path) -> None:
             p.unlink(missing_ok=True)
         except PermissionError:
             pass  # another user's live process: leave its file alone
+
+
+@contextmanager
+def removed_on_error(folder: Path) -> Iterator[None]:
+    """If the block raises, remove `folder` and any parents it lacked when the block began: a command
+    that fails (a text too short, an unknown tokenizer, ...) leaves the disk as it found it."""
+    new = None
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        new = p  # the highest folder that does not exist yet
+    try:
+        yield
+    except BaseException:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        raise

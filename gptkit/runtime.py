@@ -205,3 +205,80 @@ def all_reduce_mean(value: float, dist_info: DistInfo, device: torch.device) -> 
     t = torch.tensor([value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist_info.world_size
+
+
+# Memory limits: refuse a job that cannot fit with one clear line, instead of being OOM-killed halfway.
+# The estimates are deliberately rough (within a factor of ~2); they exist to catch absurd settings.
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the job can still get: free memory on a CUDA device; otherwise the OS's MemAvailable,
+    lowered to a container's cgroup limit when one is set. None when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            room = _read_int(f"/sys/fs/cgroup/{limit}") - _read_int(f"/sys/fs/cgroup/{usage}")
+        except (OSError, ValueError):  # no such file, or "max": no limit
+            continue
+        avail = room if avail is None else min(avail, room)
+        break
+    return avail
+
+
+def _read_int(path: str) -> int:
+    with open(path, encoding="ascii") as f:
+        return int(f.read())
+
+
+def check_memory(need: int, what: str, fix: str, device: torch.device) -> None:
+    """UsageError when `need` bytes exceed what is available (GPTKIT_MEMORY_CHECK=0 skips the check)."""
+    if os.environ.get("GPTKIT_MEMORY_CHECK") == "0":
+        return
+    avail = available_memory(device)
+    if avail is not None and need > avail:
+        raise UsageError(f"{what} needs about {_gib(need)} of memory but only {_gib(avail)} is available "
+                         f"on {device.type}; {fix}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.0f} MiB"
+
+
+def approx_params(cfg) -> int:
+    """Parameters of a GPT with this ModelConfig, from the shapes alone (biases and norms ignored)."""
+    C = cfg.n_embd
+    hidden = 8 * ((8 * C // 3 + 7) // 8) if cfg.mlp == "swiglu" else 4 * C
+    per_layer = 4 * C * C + (3 if cfg.mlp == "swiglu" else 2) * C * hidden  # attention + MLP matrices
+    return cfg.n_layer * per_layer + cfg.vocab_size * C + (cfg.block_size * C if cfg.pos_encoding == "learned" else 0)
+
+
+def check_training_memory(cfg, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Weights, gradients and AdamW moments (16 bytes a parameter, fp32) plus one micro-batch's
+    activations: ~16 values per layer and token kept for backward (in the autocast dtype), and the
+    fp32 (B, T, V) logits, their softmax and its gradient."""
+    tokens = batch_size * cfg.block_size
+    act = cfg.n_layer * 16 * cfg.n_embd * torch.empty((), dtype=dtype).element_size()
+    need = 16 * approx_params(cfg) + tokens * (act + 3 * cfg.vocab_size * 4)
+    what = f"training {approx_params(cfg) / 1e6:,.1f}M parameters with --batch-size {batch_size} x --block-size {cfg.block_size}"
+    check_memory(need, what, "lower --batch-size (--grad-accum keeps the tokens per step), --block-size or the model "
+                 "size", device)
+
+
+def check_sampling_memory(cfg, num_samples: int, prompt_tokens: int, max_new_tokens: int,
+                          device: torch.device, dtype: torch.dtype) -> None:
+    """Per sample row: the KV cache (2, n_layer, block_size, n_embd), the (B, prompt + new) id history,
+    the kept ids and log-probabilities (~64 bytes a token as Python lists) and a few (B, V) rows."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_row = (2 * cfg.n_layer * cfg.block_size * cfg.n_embd * itemsize + 8 * (prompt_tokens + max_new_tokens)
+               + 64 * max_new_tokens + 17 * cfg.vocab_size)
+    check_memory(num_samples * per_row, f"--num-samples {num_samples} x --max-new-tokens {max_new_tokens}",
+                 "lower --num-samples or --max-new-tokens", device)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -28,8 +29,9 @@ from gptkit import __version__, checkpoint, runtime
 from gptkit.config import ModelConfig, TrainConfig, to_dict
 from gptkit.corpus import load_source
 from gptkit.data import TokenDataset, check_lengths, get_batch, load_dataset, prepare_dataset
-from gptkit.errors import TrainingError, UsageError
+from gptkit.errors import CheckpointError, TrainingError, UsageError
 from gptkit.evaluate import bits_per_char, estimate_loss, sample_text
+from gptkit.fsio import removed_on_error
 from gptkit.model import GPT
 from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_progress, set_lr
 from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
@@ -140,20 +142,36 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
     dtype = runtime.pick_dtype(tc.dtype, device)
     runtime.enable_fast_math(device)
     try:
-        prior = _prior_checkpoint(run_dir, resume, init_from, store)
-        tokenizer = tokenizer_from_dict(prior.meta["tokenizer"]) if prior else None
-        if prior is not None:
-            mc = _check_shape(mc, prior.model_config, explicit or set(), "resumed" if resume else "--init-from")
-        barrier = (lambda: torch.distributed.barrier()) if dist_info.enabled else (lambda: None)
-        ds = load_data(data, tc, run_dir, store, tokenizer, dist_info.is_main, barrier)
-        if mc.vocab_size == 0:
-            mc = dataclasses.replace(mc, vocab_size=ds.tokenizer.vocab_size)
-        check_lengths(ds, mc.block_size)
-        loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event)
-        loop.setup(prior, resume)
+        with removed_on_error(run_dir):  # a run that fails before its first step leaves no folder behind
+            prior = _prior_checkpoint(run_dir, resume, init_from, store)
+            tokenizer = tokenizer_from_dict(prior.meta["tokenizer"]) if prior else None
+            if prior is not None:
+                mc = _check_shape(mc, prior.model_config, explicit or set(), "resumed" if resume else "--init-from")
+            if dist_info.is_main:
+                check_writable(run_dir)
+            runtime.check_training_memory(mc, tc.batch_size, device, dtype)  # before tokenizing: vocab not counted yet
+            barrier = (lambda: torch.distributed.barrier()) if dist_info.enabled else (lambda: None)
+            ds = load_data(data, tc, run_dir, store, tokenizer, dist_info.is_main, barrier)
+            if mc.vocab_size == 0:
+                mc = dataclasses.replace(mc, vocab_size=ds.tokenizer.vocab_size)
+            check_lengths(ds, mc.block_size)
+            runtime.check_training_memory(mc, tc.batch_size, device, dtype)
+            loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event)
+            loop.setup(prior, resume)
         return loop.run()
     finally:
         runtime.teardown_distributed()
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work if checkpoints cannot be written here (a read-only or misplaced store)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):  # unnamed where the OS allows: nothing is left behind
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot write to checkpoint folder {str(run_dir)!r} ({e.strerror or e}); "
+                              "choose a writable --checkpoints DIR") from None
 
 
 class Loop:
@@ -209,8 +227,12 @@ class Loop:
     def log(self, event: Event) -> None:
         self.emit(event)
         if self.metrics is not None:
-            with open(self.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps({**event, "time": time.time()}) + "\n")
+            try:
+                with open(self.metrics, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({**event, "time": time.time()}) + "\n")
+            except OSError as e:  # a full disk: stop cleanly; the last checkpoint is untouched
+                raise CheckpointError(f"cannot write {str(self.metrics)!r} ({e.strerror or e}); the last "
+                                      "checkpoint is unchanged — free space or choose --checkpoints DIR") from None
 
     def run(self) -> TrainResult:
         tc, st = self.tc, self.state

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from gptkit.cli.app import app, handle_errors
+from gptkit.config import check_seed
 from gptkit.errors import InputError, TokenizerError, UsageError
 
 SEPARATOR = "---------------"  # between the samples of one prompt in plain text output (as nanoGPT)
@@ -192,6 +193,7 @@ def sample_command(
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
         if threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
+        check_seed(seed)
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")
         import torch
@@ -199,7 +201,7 @@ def sample_command(
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete
         from gptkit.generate import Engine
-        from gptkit.runtime import pick_device, pick_dtype, want_compile
+        from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
@@ -214,6 +216,7 @@ def sample_command(
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
+        check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)
         use_compile = want_compile(compile, dev) and not no_cache
         if verbose:
             typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "

@@ -32,7 +32,7 @@ def rich_output() -> bool:
 
 def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lines: bool,
                 tokenizer: str | None, checkpoint: str | None, save_tokenizer: Path | None,
-                val_fraction: float) -> str:
+                val_fraction: float, vocab_size: int | None = None) -> str:
     """The one mode asked for ("view" if none); bad combinations are one-line usage errors."""
     chosen = [m for m in _MODES if modes[m]]
     if len(chosen) > 1:
@@ -51,6 +51,8 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
         raise UsageError("--out needs the text file to tokenize: gptkit tokenize FILE --out DIR")
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if vocab_size is not None and vocab_size < 256:
+        raise UsageError(f"--vocab-size must be at least 256 (the 256 byte tokens), got {vocab_size}")
     return mode
 
 
@@ -143,7 +145,7 @@ def tokenize_command(
     with handle_errors():
         modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
                  "compare": compare is not None, "out": out is not None}
-        mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction)
+        mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction, vocab_size)
         train_text = None
         if train_file is not None:
             from gptkit.corpus import read_text

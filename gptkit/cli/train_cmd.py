@@ -13,7 +13,7 @@ import typer
 from gptkit.cli.app import app, config_options, handle_errors, with_options
 from gptkit.config import ModelConfig, TrainConfig, resolve_config
 from gptkit.corpus import decode_utf8
-from gptkit.errors import EXIT_INTERRUPTED, UsageError
+from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
 
@@ -41,10 +41,10 @@ def check_data_arg(data: str | None) -> None:
         return
     p = Path(data)
     if not p.exists():
-        raise UsageError(f"{data!r} does not exist; give a UTF-8 text file, a dataset folder, or an http(s) URL")
+        raise InputError(f"{data!r} does not exist; give a UTF-8 text file, a dataset folder, or an http(s) URL")
     if p.is_dir():
         if not (p / "meta.json").is_file():
-            raise UsageError(f"{data!r} is a directory without meta.json; give a text file or a folder made by "
+            raise InputError(f"{data!r} is a directory without meta.json; give a text file or a folder made by "
                              "`gptkit tokenize FILE --out DIR`")
         return
     head = _read_head(p)
@@ -57,7 +57,7 @@ def _read_head(p: Path) -> bytes:
         with open(p, "rb") as f:
             return f.read(1 << 20)
     except OSError as e:
-        raise UsageError(f"cannot read {str(p)!r}: {e.strerror}") from None
+        raise InputError(f"cannot read {str(p)!r}: {e.strerror}") from None
 
 
 def _trim_partial_char(data: bytes) -> bytes:
