@@ -1,0 +1,283 @@
+"""The learner's guides (docs/guide.md, docs/guide.ko.md) run for real, so they cannot drift from the code.
+
+A guide is read as steps in reading order: a ```sh block is a script (no output shown); a ```console
+block is `$ command` lines, each followed by the output a reader sees; a ```python block that starts
+with `# save as NAME.py` is a file the reader saves (a later `$ python NAME.py` runs it). One guide's
+steps run in order in one temporary folder, so the model trained early on is the one later sections
+sample and inspect. `gptkit` and `python` in a command are this interpreter (`python -m gptkit`), so
+the package under test is what runs.
+
+Checked: exit code 0, and every output line the guide shows appears in the real output (stdout and
+stderr together, as at a terminal; `…` stands for anything, a line of just `…` for skipped lines).
+An HTML comment right before a block loosens that where training decides the numbers:
+`<!-- test: numbers vary -->` makes every number a wildcard (and any run of spaces match any other);
+`<!-- test: expect "A" "B" -->` checks only those strings, which must be in the shown output too.
+`<!-- test: skip: REASON -->` skips a block (only the one-time install, which this test runs inside).
+
+GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-iters N` becomes
+`--max-iters 40`, `gptkit train` gets `--eval-iters 5`, and `--max-positions N` (the --neighbors scan)
+becomes `--max-positions 2000`. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, which is how
+their shown outputs were made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
+FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
+FAST_ITERS = 40
+FAST_POSITIONS = 2000
+PRELUDE = ('gptkit() { "$GUIDE_PYTHON" -m gptkit "$@"; }\n'
+           'python() { "$GUIDE_PYTHON" "$@"; }\n'
+           "set -o pipefail\n")
+FENCE = re.compile(r"^```(\w*)\s*$")
+MARK = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
+NUMBER = re.compile(r"[-+]?\d[\d,.:]*")
+
+
+@dataclass
+class Step:
+    kind: str  # "sh" | "console" | "file"
+    line: int  # where the block starts in the guide (1-based), for failure messages
+    text: str  # the script, the command, or the file's content
+    shown: list[str] = field(default_factory=list)  # console: the output lines the guide shows
+    mode: str = "exact"  # "exact" | "numbers vary" | "expect"
+    expect: list[str] = field(default_factory=list)
+    name: str = ""  # file: its name
+
+
+def command_complete(text: str) -> bool:
+    """True when `text` is a whole shell command (no open quote, no trailing backslash)."""
+    try:
+        shlex.split(text)
+    except ValueError:
+        return False
+    return True
+
+
+def console_steps(lines: list[str], start: int, mode: str, expect: list[str]) -> list[Step]:
+    """`$ cmd` lines (continued while a quote is open) and the output lines after each."""
+    steps: list[Step] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("$ "):
+            if not steps:
+                raise ValueError(f"line {start + i}: a console block must start with `$ `")
+            steps[-1].shown.append(lines[i])
+            i += 1
+            continue
+        cmd, first = lines[i][2:], i
+        while not command_complete(cmd) and i + 1 < len(lines):
+            i += 1
+            cmd += "\n" + lines[i]
+        steps.append(Step("console", start + first, cmd, mode=mode, expect=expect))
+        i += 1
+    return steps
+
+
+def parse_mark(comment: str | None) -> tuple[str, list[str]]:
+    if comment is None:
+        return "exact", []
+    if comment == "numbers vary":
+        return "numbers vary", []
+    if comment.startswith("expect "):
+        return "expect", re.findall(r'"([^"]+)"', comment)
+    if comment.startswith("skip:"):
+        return "skip", []
+    raise ValueError(f"unknown test mark {comment!r}")
+
+
+def parse_guide(text: str) -> list[Step]:
+    """The steps of a guide, in reading order."""
+    lines = text.splitlines()
+    steps: list[Step] = []
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        kind, start = m.group(1), i
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        body = lines[i + 1:end]
+        before = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        mark = MARK.match(before)
+        mode, expect = parse_mark(mark.group(1) if mark else None)
+        where = start + 2  # the block's first body line, 1-based
+        if mode == "skip":
+            pass
+        elif kind == "console":
+            steps += console_steps(body, where, mode, expect)
+        elif kind == "sh":
+            steps.append(Step("sh", where, "\n".join(body) + "\n"))
+        elif kind == "python" and body and body[0].startswith("# save as "):
+            steps.append(Step("file", where, "\n".join(body) + "\n", name=body[0][len("# save as "):].strip()))
+        elif kind in ("", "text", "python", "toml", "json"):
+            if any(ln.startswith("$ ") for ln in body):
+                raise ValueError(f"line {where}: commands belong in a console block, not ```{kind}")
+        else:
+            raise ValueError(f"line {where}: ```{kind} blocks are not run; use console or sh")
+        i = end + 1
+    return steps
+
+
+def shorten(cmd: str) -> str:
+    """Fast mode: a few optimizer steps, a cheap validation estimate and a short neighbour scan."""
+    cmd = re.sub(r"--max-iters \d+", f"--max-iters {FAST_ITERS}", cmd)
+    cmd = re.sub(r"--max-positions \d+", f"--max-positions {FAST_POSITIONS}", cmd)
+    return re.sub(r"\bgptkit train\b", "gptkit train --eval-iters 5", cmd)
+
+
+def line_pattern(shown: str, mode: str) -> re.Pattern[str]:
+    """A shown line as a regex: `…` matches anything; with numbers varying, any number and spacing."""
+    parts = []
+    for piece in re.split(r"(…)", shown.strip()):
+        if piece == "…":
+            parts.append(".*")
+        elif mode == "numbers vary":
+            for tok in re.split(rf"({NUMBER.pattern}|\s+)", piece):
+                if not tok:
+                    continue
+                parts.append(r"[-+]?\d[\d,.:]*" if NUMBER.fullmatch(tok) else r"\s+" if tok.isspace()
+                             else re.escape(tok))
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts) + ("" if mode == "numbers vary" else r"\Z"))
+
+
+def missing_lines(step: Step, output: str) -> list[str]:
+    """The shown lines (or expected strings) the real output lacks."""
+    if step.mode == "expect":
+        return [s for s in step.expect if s not in output]
+    actual = [ln.strip() for ln in output.splitlines()]
+    wanted = [ln for ln in step.shown if ln.strip() and ln.strip() != "…"]
+    return [ln for ln in wanted if not any(line_pattern(ln, step.mode).match(a) for a in actual)]
+
+
+def run_step(step: Step, cwd: Path) -> None:
+    """Run one step in `cwd` as a reader would; fail with the guide's line number and the output."""
+    if step.kind == "file":
+        (cwd / step.name).write_text(step.text, encoding="utf-8")
+        return
+    script = shorten(step.text) if FAST else step.text
+    env = {**os.environ, "GUIDE_PYTHON": sys.executable, "NO_COLOR": "1", "COLUMNS": "80",
+           "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1",
+           "OMP_NUM_THREADS": "1"}  # tiny models: two threads on a busy 2-core machine run 10x slower
+    env.pop("GPTKIT_CHECKPOINTS", None)  # the guide's store is ./checkpoints
+    prelude = PRELUDE + ("set -eu\n" if step.kind == "sh" else "")
+    proc = subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    where = f"line {step.line}: {step.text.splitlines()[0][:100]}"
+    assert proc.returncode == 0, f"{where}\nexit code {proc.returncode}\n{proc.stdout[-3000:]}"
+    missing = missing_lines(step, proc.stdout)
+    assert not missing, f"{where}\nthe guide shows lines the real output lacks: {missing}\n--- real output:\n" \
+        f"{proc.stdout[-3000:]}"
+
+
+@pytest.mark.parametrize("lang", sorted(GUIDES))
+def test_guide_runs_as_written(lang, tmp_path):
+    for step in parse_guide(GUIDES[lang].read_text(encoding="utf-8")):
+        run_step(step, tmp_path)
+
+
+CONCEPTS = ["token", "embedding", "softmax", "context vector", "query", "key", "value", "√d", "causal mask",
+            "teacher forcing", "multi-head", "head", "FFN", "layer norm", "residual", "position", "RoPE", "logit",
+            "logit lens", "--neighbors"]
+HANGUL = re.compile(r"[가-힣]")
+
+
+def commands(steps: list[Step]) -> list[str]:
+    return [s.text for s in steps if s.kind == "console"]
+
+
+@pytest.mark.parametrize("lang", sorted(GUIDES))
+def test_guide_covers_the_transformer_from_six_tokens_to_neighbours(lang):
+    text = GUIDES[lang].read_text(encoding="utf-8")
+    missing = [c for c in CONCEPTS if c.lower() not in text.lower()]
+    assert not missing, f"{GUIDES[lang].name} never mentions {missing}"
+    steps = parse_guide(text)
+    cmds = commands(steps)
+    first = next(s for s in steps if s.kind == "console")
+    assert first.mode == "exact" and any("[0.4421, 0.5931, 0.5790]" in ln for ln in first.shown)
+    assert "manual_attention(x, x, x, scale=1.0, causal=False)" in text
+    assert "--neighbors" in cmds[-1] and cmds[-1].startswith("gptkit inspect")
+    for sub in ("tokenize", "train", "sample", "inspect"):
+        assert any(c.startswith(f"gptkit {sub}") for c in cmds), f"no `gptkit {sub}` in {GUIDES[lang].name}"
+    assert any("--pos-encoding rope" in c for c in cmds) and any("--head" in c for c in cmds)
+    assert text.count("<!-- test: skip:") == 1  # only the install, which the test suite runs inside
+    for step in steps:  # an expectation must be something the reader is shown
+        for want in step.expect:
+            assert want in "\n".join(step.shown), (step.line, want)
+
+
+def test_korean_guide_is_korean_end_to_end():
+    steps = parse_guide(GUIDES["ko"].read_text(encoding="utf-8"))
+    cmds = commands(steps)
+    sentence = [c for c in cmds if c.startswith('gptkit tokenize "안녕하세요 저는 ChatGPT입니다"')]
+    assert {re.search(r"-t (\w+)", c).group(1) for c in sentence} >= {"char", "byte", "gpt2", "cl100k_base", "bpe"}
+    trains = [c for c in cmds if c.startswith("gptkit train")]
+    assert trains and all(HANGUL.search(c.split()[2]) for c in trains)  # a Korean text file, not the built-in corpus
+    assert all("--tokenizer bpe" in c for c in trains)
+    heredoc = next(s.text for s in steps if s.kind == "sh" and "<<'EOF'" in s.text)
+    assert len(HANGUL.findall(heredoc)) > 500  # the reader writes the Korean prose they train on
+    for c in cmds:
+        if c.startswith(("gptkit sample", "gptkit inspect")) and "--prompt" in c:
+            assert HANGUL.search(c.split("--prompt", 1)[1]), c
+
+
+SAMPLE = '''Intro.
+
+```python
+# save as hello.py
+print("hi")
+```
+
+<!-- test: numbers vary -->
+```console
+$ python -c "print('step 2000 | loss 1.81')
+print('done')"
+step 2000 | loss 1.81
+…
+$ gptkit train --max-iters 2000 2>&1 | tail -1
+done: step 2000, … 291s
+```
+
+<!-- test: expect "B" -->
+```console
+$ echo A B
+A B
+```
+'''
+
+
+def test_parser_and_checker_catch_drift():
+    steps = parse_guide(SAMPLE)
+    assert [s.kind for s in steps] == ["file", "console", "console", "console"]
+    assert steps[0].name == "hello.py" and steps[1].text.count("\n") == 1  # a quote left open continues
+    assert steps[1].shown == ["step 2000 | loss 1.81", "…"] and steps[1].mode == "numbers vary"
+    assert shorten(steps[2].text) == "gptkit train --eval-iters 5 --max-iters 40 2>&1 | tail -1"
+    assert steps[3].expect == ["B"]
+    assert shorten("gptkit inspect --neighbors --max-positions 20000") == \
+        "gptkit inspect --neighbors --max-positions 2000"
+    # numbers may differ and columns shift; words may not
+    assert missing_lines(steps[1], "step   40 | loss 3.2\ndone\n") == []
+    assert missing_lines(steps[1], "step 40 | lost 3.2\n") == ["step 2000 | loss 1.81"]
+    exact = Step("console", 1, "x", shown=["tensor([0.4421, 0.5931, 0.5790])", "a … c"])
+    assert missing_lines(exact, "tensor([0.4421, 0.5931, 0.5790])\na b c\n") == []
+    assert missing_lines(exact, "tensor([0.4421, 0.5931, 0.5791])\na b c d\n") == exact.shown
+    assert missing_lines(steps[3], "A C\n") == ["B"]
+    with pytest.raises(ValueError, match="console or sh"):
+        parse_guide("```bash\ngptkit train\n```\n")
+    with pytest.raises(ValueError, match="console block"):
+        parse_guide("```text\n$ gptkit train\n```\n")
