@@ -69,6 +69,7 @@ def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
 def save(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
          optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write a checkpoint atomically. metadata values that are not strings are stored as JSON."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -86,8 +87,8 @@ def save(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
     try:
         clean_stale_temps(path.parent)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({e.strerror or e}); "
+    except (OSError, SafetensorError) as e:  # safetensors reports a failed write (a full disk) as its own error
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({getattr(e, 'strerror', None) or e}); "
                               "the previous checkpoint is unchanged — free space or choose --checkpoints DIR") from None
     return path
 

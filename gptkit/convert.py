@@ -218,12 +218,13 @@ def _prepare_folder(dst: Path, overwrite: bool) -> None:
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create folder {str(dst)!r}: {e.strerror}") from None
+        raise CheckpointError(f"cannot create folder {str(dst)!r} ({e.strerror}); choose another DST") from None
     clean_stale_temps(dst)
 
 
 def _write_hf_files(dst: Path, tensors: dict[str, torch.Tensor], texts: dict[str, str]) -> list[str]:
     """Write the weights and the JSON/text files atomically; remove stale files of an older export."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -234,8 +235,9 @@ def _write_hf_files(dst: Path, tensors: dict[str, torch.Tensor], texts: dict[str
         for name in HF_OUTPUTS:
             if name != HF_WEIGHTS and name not in texts:
                 (dst / name).unlink(missing_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot write into {str(dst)!r} ({e.strerror or e}); free space or choose another DST") from None
+    except (OSError, SafetensorError) as e:  # safetensors reports a failed write (a full disk) as its own error
+        raise CheckpointError(f"cannot write into {str(dst)!r} ({getattr(e, 'strerror', None) or e}); free space or "
+                              "choose another DST") from None
     return [HF_WEIGHTS, *texts]
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from gptkit.data import DATASET_FORMAT, TokenDataset, load_dataset, token_dtype
 from gptkit.errors import InputError
-from gptkit.fsio import atomic_write_bytes, temp_path
+from gptkit.fsio import atomic_write_bytes, clean_stale_temps, removed_on_error, temp_path
 from gptkit.textchunks import TextFile, read_blocks, rechunk, split_offset
 from gptkit.tokenizer import (
     CharTokenizer,
@@ -156,27 +156,32 @@ def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None
             raise InputError("build_dataset needs a tokenizer or a tokenizer name")
         tokenizer = tokenizer_for_file(tf, split, tokenizer_name, vocab_size, progress)
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create dataset folder {str(out_dir)!r}: {e.strerror}") from None
-    (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the new meta.json lands
-    counts, sha = _write_bins(tf, split, tokenizer, out_dir, chunk_chars, workers, progress)
-    meta = {
-        "format": DATASET_FORMAT,
-        "dtype": token_dtype(tokenizer.vocab_size).name,
-        "train_tokens": counts["train"][0],
-        "val_tokens": counts["val"][0],
-        "key": key if key is not None else {"source_sha256": sha, "tokenizer_name": tokenizer_name or tokenizer.name,
-                                            "bpe_vocab_size": vocab_size, "val_fraction": val_fraction},
-        "source": {**(source or {}), "sha256": sha, "bytes": tf.n_bytes},
-        "val_fraction": val_fraction,
-        "split_byte": split - tf.start,  # validation starts at this offset of the text's UTF-8 bytes
-        "train_chars": counts["train"][1],
-        "val_chars": counts["val"][1],
-        "tokenizer": tokenizer.to_dict(),
-    }
-    atomic_write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    with removed_on_error(out_dir):  # a build that fails leaves no half-made folder behind
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create dataset folder {str(out_dir)!r}: {e.strerror}") from None
+        clean_stale_temps(out_dir)  # left by a build that was killed
+        counts, sha = _write_bins(tf, split, tokenizer, out_dir, chunk_chars, workers, progress)
+        meta = {
+            "format": DATASET_FORMAT,
+            "dtype": token_dtype(tokenizer.vocab_size).name,
+            "train_tokens": counts["train"][0],
+            "val_tokens": counts["val"][0],
+            "key": key if key is not None else {"source_sha256": sha, "tokenizer_name": tokenizer_name or tokenizer.name,
+                                                "bpe_vocab_size": vocab_size, "val_fraction": val_fraction},
+            "source": {**(source or {}), "sha256": sha, "bytes": tf.n_bytes},
+            "val_fraction": val_fraction,
+            "split_byte": split - tf.start,  # validation starts at this offset of the text's UTF-8 bytes
+            "train_chars": counts["train"][1],
+            "val_chars": counts["val"][1],
+            "tokenizer": tokenizer.to_dict(),
+        }
+        try:
+            atomic_write_bytes(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        except OSError as e:
+            raise InputError(f"cannot write dataset folder {str(out_dir)!r} ({e.strerror or e}); free space or "
+                             "choose another --out") from None
     ds = load_dataset(out_dir)
     ds.__dict__["tokenizer"] = tokenizer  # fill the cached property: the same tokenizer, not rebuilt
     return ds
@@ -210,6 +215,7 @@ def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_c
                 os.fsync(f.fileno())
         if not nonblank:
             raise InputError(f"{tf.name} is only whitespace; give a file with some text in it")
+        (out_dir / "meta.json").unlink(missing_ok=True)  # the folder is incomplete until the new meta.json lands
         for side, tmp in temps.items():
             os.replace(tmp, out_dir / f"{side}.bin")
     except OSError as e:

@@ -37,7 +37,8 @@ from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_prog
 from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
 
 Event = dict[str, Any]
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "pos_encoding", "norm", "mlp")
+# flags that must match a resumed checkpoint (--vocab-size is the bpe target: _check_tokenizer checks it)
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "norm", "mlp")
 
 
 @dataclass
@@ -133,6 +134,16 @@ def _check_shape(mc: ModelConfig, saved: ModelConfig, explicit: set[str], what: 
     return dataclasses.replace(saved, dropout=mc.dropout)
 
 
+def _check_tokenizer(tc: TrainConfig, tokenizer: Tokenizer, explicit: set[str], what: str) -> None:
+    """The checkpoint brings its tokenizer: a --tokenizer or bpe --vocab-size that differs is a mistake."""
+    if "tokenizer" in explicit and tc.tokenizer != tokenizer.name:
+        raise UsageError(f"--tokenizer {tc.tokenizer} conflicts with the {what} checkpoint's {tokenizer.name} "
+                         "tokenizer; drop the flag")
+    if "vocab_size" in explicit and (tokenizer.kind != "bpe" or tc.vocab_size != tokenizer.vocab_size):
+        raise UsageError(f"--vocab-size {tc.vocab_size} conflicts with the {what} checkpoint's {tokenizer.name} "
+                         f"tokenizer of {tokenizer.vocab_size} ids; drop the flag")
+
+
 def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, store: Path,
           on_event: Callable[[Event], None] = lambda e: None, resume: bool = False,
           init_from: str | None = None, explicit: set[str] | None = None) -> TrainResult:
@@ -146,7 +157,9 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
             prior = _prior_checkpoint(run_dir, resume, init_from, store)
             tokenizer = tokenizer_from_dict(prior.meta["tokenizer"]) if prior else None
             if prior is not None:
-                mc = _check_shape(mc, prior.model_config, explicit or set(), "resumed" if resume else "--init-from")
+                what = "resumed" if resume else "--init-from"
+                mc = _check_shape(mc, prior.model_config, explicit or set(), what)
+                _check_tokenizer(tc, tokenizer, explicit or set(), what)
             if dist_info.is_main:
                 check_writable(run_dir)
             runtime.check_training_memory(mc, tc.batch_size, device, dtype)  # before tokenizing: vocab not counted yet

@@ -31,8 +31,10 @@ def convert_command(
     """
     with handle_errors():
         from gptkit.convert import HF_TO_GPTKIT, convert
+        from gptkit.fsio import removed_on_error
 
-        r = convert(src, dst, dtype, overwrite, checkpoints)
+        with removed_on_error(Path(dst)):  # a failed conversion leaves no empty output folder
+            r = convert(src, dst, dtype, overwrite, checkpoints)
         c = r.config
         shape = (f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
                  f"vocab {c.vocab_size}; {r.params / 1e6:.2f}M params, {r.dtype}")

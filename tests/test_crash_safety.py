@@ -1,0 +1,121 @@
+"""Crash safety: `gptkit train` killed with SIGKILL at random moments, and in the middle of writing a
+checkpoint, loses nothing it had saved: the last completed checkpoint loads, a stray temporary file
+is ignored and later cleaned up, and `--resume` continues from that checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptkit import checkpoint
+from tests.conftest import SHAKESPEARE
+
+EVAL = 2  # a checkpoint every 2 steps: many writes, so kills land near them
+
+
+def train_args(store: Path, text: Path, *, resume: bool, max_iters: int, big: bool = False) -> list[str]:
+    shape = ["--n-layer", "2", "--n-embd", "256"] if big else ["--n-layer", "1", "--n-embd", "32"]
+    data = [] if resume else [str(text)]
+    return [sys.executable, "-m", "gptkit", "train", *data, "--checkpoints", str(store), "--run", "r",
+            *(["--resume"] if resume else shape + ["--n-head", "2", "--block-size", "32"]),
+            "--batch-size", "8", "--eval-interval", str(EVAL), "--eval-iters", "1", "--max-iters", str(max_iters),
+            "--device", "cpu", "--no-compile", "-q"]
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "NO_COLOR": "1", "GPTKIT_PEAK_FLOPS": "1e12"}  # skip the MFU matmul probe
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def saved_step(run: Path) -> int | None:
+    """The step of the run's last checkpoint after a crash, checking that everything in it loads."""
+    last = run / checkpoint.LAST
+    if not last.exists():
+        assert not (run / checkpoint.BEST).exists()
+        return None
+    model, tok, info = checkpoint.load_for_inference(last)
+    assert checkpoint.load_tensors(info, "optim.")  # the optimizer moments --resume needs
+    assert tok.decode(tok.encode("ROMEO")) == "ROMEO" and model.config.n_layer >= 1
+    if (run / checkpoint.BEST).exists():  # written just after last: a kill between them leaves none yet
+        checkpoint.load_for_inference(run / checkpoint.BEST)
+    step = info.state["step"]
+    assert step % EVAL == 0
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    for line in lines[:-1]:  # only a line being appended at the kill may be cut short
+        json.loads(line)
+    return step
+
+
+def resume_to(store: Path, text: Path, step: int, big: bool = False) -> None:
+    """`--resume` runs from the saved step one checkpoint further, and then no temporary file is left."""
+    proc = subprocess.run(train_args(store, text, resume=True, max_iters=step + EVAL, big=big), capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "GPTKIT_PEAK_FLOPS": "1e12"})
+    assert proc.returncode == 0, proc.stderr
+    run = store / "r"
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[:-1]]
+    start = [e for e in events if e.get("event") == "start"][-1]
+    assert start["resumed"] and start["step"] == step  # it continued from the checkpoint, not from zero
+    assert saved_step(run) == step + EVAL
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.fixture()
+def text(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    return path
+
+
+def test_sigkill_at_random_moments(tmp_path, text):
+    store, run = tmp_path / "store", tmp_path / "store" / "r"
+    rng = random.Random(8)
+    step = None
+    for _ in range(2):
+        proc = spawn(train_args(store, text, resume=step is not None, max_iters=100_000))
+        time.sleep(rng.uniform(1.0, 5.0))  # import, tokenizing, training or writing: wherever it is
+        assert proc.poll() is None, proc.stderr.read()
+        kill(proc)
+        new = saved_step(run)
+        assert step is None or (new is not None and new >= step)  # nothing saved is ever lost
+        step = new
+    if step is None:  # every kill came before the first checkpoint: make one, then kill again
+        proc = spawn(train_args(store, text, resume=False, max_iters=100_000))
+        while not (run / checkpoint.LAST).exists():
+            time.sleep(0.05)
+        kill(proc)
+        step = saved_step(run)
+    resume_to(store, text, step)
+
+
+def test_sigkill_during_a_checkpoint_write(tmp_path, text):
+    """A 1.6M-parameter model makes each write take a while; the kill comes the moment the temporary
+    file of a second write appears, while the first checkpoint stands."""
+    store, run = tmp_path / "store", tmp_path / "store" / "r"
+    proc = spawn(train_args(store, text, resume=False, max_iters=100_000, big=True))
+    tmp = run / f".{checkpoint.LAST}.tmp-{proc.pid}"
+    try:
+        deadline = time.time() + 120
+        while not ((run / checkpoint.LAST).exists() and tmp.exists()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.001)
+    finally:
+        kill(proc)
+    before = checkpoint.read_info(run / checkpoint.LAST).state["step"]
+    assert tmp.exists()  # killed mid-write: the half-written file is still there ...
+    assert saved_step(run) == before  # ... and the checkpoint it was to replace is intact
+    assert [r.name for r in checkpoint.list_runs(store)] == ["r"]  # readers ignore the temporary file
+    resume_to(store, text, before, big=True)  # continues from it; the stale temporary file is cleaned up
