@@ -133,11 +133,11 @@ def parse_duration(text: str | float | int) -> float:
         else:
             parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", s)
             if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(h|m|s)", "", s).strip():
-                raise UsageError(f"bad duration {text!r}: use a form like 90s, 10m or 1h30m")
+                raise UsageError(f"--max-time: bad duration {text!r}; use a form like 90s, 10m or 1h30m")
             unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
             seconds = sum(float(n) * unit[u] for n, u in parts)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise UsageError(f"bad duration {text!r}: it must be a positive time such as 90s or 10m")
+        raise UsageError(f"--max-time: bad duration {text!r}; it must be a positive time such as 90s or 10m")
     return seconds
 
 

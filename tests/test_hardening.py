@@ -29,6 +29,7 @@ import torch
 from gptkit import checkpoint, runtime
 from gptkit.errors import CheckpointError, InputError
 from tests.conftest import SHAKESPEARE, assert_one_line_error
+from tests.test_properties import with_header
 
 USAGE, INPUT, CKPT = 2, 3, 4  # exit codes: bad flag, bad input file or text, checkpoint
 
@@ -69,9 +70,7 @@ def damaged_checkpoints(data: bytes) -> dict[str, bytes]:
     def rewritten(edit) -> bytes:
         h = json.loads(json.dumps(header))
         edit(h)
-        raw = json.dumps(h).encode()
-        raw += b" " * (-len(raw) % 8)
-        return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+        return with_header(data, h)
 
     def beyond(h):
         name = next(k for k in h if k.startswith("model."))
@@ -313,7 +312,7 @@ LATER_ERROR = {
     "inspect": (["inspect", RUN, "-p", "안"], "안", INPUT),
     "tokenize": (["tokenize", "hello", "-t", "no-such-tokenizer"], "unknown tokenizer", INPUT),
 }
-NUMERIC = numeric_options()
+NUMERIC = numeric_options() + [("train", "--max-time", "duration")]  # a number of seconds, or 90s, 10m
 
 
 def test_every_command_with_numeric_flags_has_a_later_error():
