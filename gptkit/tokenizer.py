@@ -23,13 +23,13 @@ import hashlib
 import json
 import numbers
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import TokenizerError
+from gptkit.tiktoken_cache import TIKTOKEN_NAMES, check_cached
 
 if TYPE_CHECKING:  # tiktoken is imported lazily at run time
     import tiktoken
@@ -38,31 +38,6 @@ TOKENIZER_KINDS: tuple[str, ...] = ("char", "byte", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # used when build_tokenizer("bpe", text) gets vocab_size=None
 FORMAT_VERSION = 1  # version of the to_dict() layout
 
-_BLOB = "https://openaipublic.blob.core.windows.net"
-# The files tiktoken fetches for each named encoding, with the sha256 it pins (copied from
-# tiktoken_ext/openai_public.py; tests check the two agree). We look for them in the cache
-# ourselves so that a missing file is one clear error instead of a network attempt.
-_TIKTOKEN_FILES: dict[str, tuple[tuple[str, str], ...]] = {
-    "gpt2": (
-        (f"{_BLOB}/gpt-2/encodings/main/vocab.bpe",
-         "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-        (f"{_BLOB}/gpt-2/encodings/main/encoder.json",
-         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    ),
-    "r50k_base": ((f"{_BLOB}/encodings/r50k_base.tiktoken",
-                   "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"),),
-    "p50k_base": ((f"{_BLOB}/encodings/p50k_base.tiktoken",
-                   "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),),
-    "p50k_edit": ((f"{_BLOB}/encodings/p50k_base.tiktoken",
-                   "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),),
-    "cl100k_base": ((f"{_BLOB}/encodings/cl100k_base.tiktoken",
-                     "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),),
-    "o200k_base": ((f"{_BLOB}/encodings/o200k_base.tiktoken",
-                    "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),),
-    "o200k_harmony": ((f"{_BLOB}/encodings/o200k_base.tiktoken",
-                       "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),),
-}
-TIKTOKEN_NAMES: tuple[str, ...] = tuple(_TIKTOKEN_FILES)
 TOKENIZER_NAMES: tuple[str, ...] = TOKENIZER_KINDS + TIKTOKEN_NAMES  # every name build_tokenizer takes
 _EOT = "<|endoftext|>"
 
@@ -294,7 +269,7 @@ def build_tokenizer(name: str, text: str | None = None, vocab_size: int | None =
         if not text:
             raise TokenizerError("the bpe tokenizer needs training text; pass a non-empty text file")
         return train_bpe(text, DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
-    if name in _TIKTOKEN_FILES:
+    if name in TIKTOKEN_NAMES:
         return load_tiktoken(name)
     raise TokenizerError(
         f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZER_NAMES)}"
@@ -329,44 +304,13 @@ def train_bpe_from_chunks(chunks: Iterable[str], vocab_size: int = DEFAULT_BPE_V
     return TiktokenTokenizer("bpe", "bpe", trainer.get_pattern(), ranks, {})
 
 
-def _tiktoken_cache_dir() -> tuple[str, str]:
-    """(directory tiktoken reads its cache from, how it was chosen) — mirrors tiktoken.load."""
-    if "TIKTOKEN_CACHE_DIR" in os.environ:
-        return os.environ["TIKTOKEN_CACHE_DIR"], "TIKTOKEN_CACHE_DIR"
-    if "DATA_GYM_CACHE_DIR" in os.environ:
-        return os.environ["DATA_GYM_CACHE_DIR"], "DATA_GYM_CACHE_DIR (TIKTOKEN_CACHE_DIR unset)"
-    return os.path.join(tempfile.gettempdir(), "data-gym-cache"), "default, TIKTOKEN_CACHE_DIR unset"
-
-
-def _check_tiktoken_cache(name: str) -> None:
-    """Raise unless every file `name` needs is cached with the right hash (else tiktoken downloads)."""
-    cache_dir, how = _tiktoken_cache_dir()
-    for url, sha256 in _TIKTOKEN_FILES[name]:
-        cache_file = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
-        where = f"cache file {cache_file} (folder from {how}; the file is {url})"
-        if not cache_dir or not os.path.isfile(cache_file):
-            raise TokenizerError(
-                f"tiktoken encoding {name!r} is not available offline: missing {where}; "
-                "set TIKTOKEN_CACHE_DIR to a folder holding it, or use byte, bpe or a cached encoding"
-            )
-        try:
-            data = Path(cache_file).read_bytes()
-        except OSError as e:
-            raise TokenizerError(f"cannot read {where}: {e.strerror}; check its permissions") from None
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise TokenizerError(
-                f"tiktoken encoding {name!r}: {where} is corrupt (sha256 mismatch); "
-                "replace it with the original file"
-            )
-
-
 def load_tiktoken(name: str) -> TiktokenTokenizer:
     """A tiktoken named encoding, read offline from the tiktoken cache (never downloaded)."""
-    if name not in _TIKTOKEN_FILES:
+    if name not in TIKTOKEN_NAMES:
         raise TokenizerError(
             f"unknown tiktoken encoding {name!r}; choose one of: {', '.join(TIKTOKEN_NAMES)}"
         )
-    _check_tiktoken_cache(name)
+    check_cached(name)
     from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
 
     try:

@@ -146,11 +146,11 @@ def test_tiktoken_ids_match_tiktoken_itself(name: str) -> None:
 def test_tiktoken_file_table_matches_installed_tiktoken() -> None:
     from tiktoken_ext import openai_public
 
-    from gptkit import tokenizer as mod
+    from gptkit import tiktoken_cache as mod
 
     source = inspect.getsource(openai_public)
     assert set(mod.TIKTOKEN_NAMES) == set(openai_public.ENCODING_CONSTRUCTORS)
-    for files in mod._TIKTOKEN_FILES.values():
+    for files in mod.TIKTOKEN_FILES.values():
         for url, sha256 in files:
             assert f'"{url}"' in source and f'"{sha256}"' in source
 
