@@ -1,14 +1,17 @@
 """Atomic file writes: a temporary file in the same folder, flushed and fsynced, then `os.replace`d.
 
 Owns the one rule that keeps data safe: a reader sees the old file or the new one, never half of
-either, and a crash leaves at worst a stray `.NAME.tmp-PID` file that later writes clean up; and a
-command that fails before it has anything to keep removes the folders it created.
+either, and a crash leaves at worst a stray `.NAME.tmp-PID` file that later writes clean up; a
+command that fails before it has anything to keep removes the folders it created; and a command can
+ask, before its work, whether an output file could be written at all.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +50,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def probe_writable(path: Path) -> None:
+    """Raise OSError unless a file could be written at `path`; creates and changes nothing (an existing
+    file is opened for update, not truncated; a new one is tried as an unnamed file in its folder)."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists():
+        with open(path, "r+b"):
+            return
+    with tempfile.TemporaryFile(dir=path.parent):
+        pass
 
 
 def clean_stale_temps(folder: Path) -> None:

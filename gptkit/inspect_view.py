@@ -3,7 +3,10 @@
 Owns rendering the plain results of `introspect.py` and `neighbors.py` onto a rich Console (the
 terminal, or a recording console whose picture `--save` writes as SVG or HTML) and the scan's
 progress bar on stderr. Heatmap cells carry their weight twice — as a colour and as a shade character
-(`░▒▓█`) — so they still read with NO_COLOR or in a log file. It computes nothing.
+(`░▒▓█`) — so they still read with NO_COLOR or in a log file. Tokens show by their `label` (made by
+`tokenview.label`, as in `gptkit tokenize`: `<0xEB>` for a byte that is only part of a character), and
+labels are cropped and padded by terminal cells, so Hangul (two cells a character) stays aligned.
+It computes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
 from rich.columns import Columns
 from rich.console import Console, Group
 from rich.table import Table
@@ -37,17 +41,31 @@ def shade(w: float) -> str:
     return next((ch for floor, ch in SHADES if w >= floor), " ")
 
 
-def visible(token: str) -> str:
-    """A token as one can see it: newline, tab and space made visible."""
-    return token.replace("\n", "↵").replace("\t", "⇥").replace(" ", "␣") or "∅"
+def visible(token: dict[str, Any]) -> str:
+    """A token's label with its spaces made visible (control characters are escaped in the label)."""
+    return token["label"].replace(" ", "␣") or "∅"
+
+
+def quoted(token: dict[str, Any]) -> str:
+    """A token's label in quotes, for tables: 'e', ' ', '\\n', '<0xEB>'."""
+    return f"'{token['label']}'"
+
+
+def fit(text: str, cells: int, right: bool = False) -> str:
+    """`text` cropped or padded to exactly `cells` terminal cells (a wide character cut in half becomes
+    a space), padded on the left when `right`."""
+    if cell_len(text) > cells:
+        text = set_cell_size(text, cells)
+    pad = " " * (cells - cell_len(text))
+    return pad + text if right else text + pad
 
 
 def label_width(labels: list[str]) -> int:
-    return min(8, max(len(lb) for lb in labels)) + 5  # "idx token " before the cells
+    return min(8, max(cell_len(lb) for lb in labels)) + 5  # "idx token " before the cells
 
 
 def row_label(i: int, label: str, width: int) -> str:
-    return f"{i:>3} {label[:width - 5]:<{width - 5}} "
+    return f"{i:>3} {fit(label, width - 5)} "
 
 
 def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
@@ -57,7 +75,7 @@ def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
     lw = label_width(labels)
     out = Text()
     out.append(title + "\n", style="bold")
-    out.append(" " * lw + "".join(lb[:1].ljust(cw) for lb in labels) + "\n", style="dim")
+    out.append(" " * lw + "".join(fit(lb[:1], cw) for lb in labels) + "\n", style="dim")
     if any(len(lb) > 1 for lb in labels):  # multi-character tokens: number the columns too
         out.append(" " * lw + "".join(str(j % 10).ljust(cw) for j in range(T)) + "\n", style="dim")
     for i, row in enumerate(weights):
@@ -76,7 +94,7 @@ def number_matrix(weights: list[list[float]], labels: list[str], title: str) -> 
     lw = label_width(labels)
     out = Text()
     out.append(title + "\n", style="bold")
-    out.append(" " * lw + "".join(f"{lb[:4]:>5}" for lb in labels) + "\n", style="dim")
+    out.append(" " * lw + "".join(" " + fit(lb, 4, right=True) for lb in labels) + "\n", style="dim")
     for i, row in enumerate(weights):
         out.append(row_label(i, labels[i], lw), style="dim")
         for j, w in enumerate(row):
@@ -149,13 +167,13 @@ def token_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("prob", justify="right")
     table.add_column("")
     for r in rows:
-        table.add_row(Text(repr(r["text"])), str(r["id"]), f"{r['prob']:.3f}", Text("█" * round(20 * r["prob"]), "green"))
+        table.add_row(Text(quoted(r)), str(r["id"]), f"{r['prob']:.3f}", Text("█" * round(20 * r["prob"]), "green"))
     return table
 
 
 def render_attention(console: Console, res: dict[str, Any], layer: int | None, head: int | None,
                      numbers: bool) -> None:
-    labels = [visible(t["text"]) for t in res["tokens"]]
+    labels = [visible(t) for t in res["tokens"]]
     heading(console, "attention weights", "query rows x key columns; each row sums to 1; · = the future, masked;"
             "  ░ ≥.02  ▒ ≥.2  ▓ ≥.4  █ ≥.7")
     for li, heads in enumerate(res["attention"]):
@@ -178,11 +196,11 @@ def render_lens(console: Console, res: dict[str, Any], k: int = 5) -> None:
     table = Table(show_edge=False)
     table.add_column("after")
     table.add_column(f"top {k}")
-    table.add_column(Text(f"p({target['text']!r})"), justify="right")
+    table.add_column(Text(f"p({quoted(target)})"), justify="right")
     for row in res["logit_lens"]:
         top = Text()
         for t in row["top"][:k]:
-            top.append(f"{t['text']!r}", style="bold" if t["id"] == target["id"] else "")
+            top.append(quoted(t), style="bold" if t["id"] == target["id"] else "")
             top.append(f" {t['prob']:.2f}  ", style="dim")
         table.add_row(row["stage"], top, f"{row['target_prob']:.3f}")
     console.print(table)
@@ -191,7 +209,7 @@ def render_lens(console: Console, res: dict[str, Any], k: int = 5) -> None:
 def render_attribution(console: Console, res: dict[str, Any]) -> None:
     a = res["attribution"]
     heading(console, "direct logit attribution", f"how much each part of the residual stream pushes the logit of "
-            f"{a['token']['text']!r} (ln_f linearised at its scale {a['ln_f_scale']:.3f})")
+            f"{quoted(a['token'])} (ln_f linearised at its scale {a['ln_f_scale']:.3f})")
     table = Table(show_edge=False)
     table.add_column("part")
     table.add_column("logit", justify="right")
@@ -214,8 +232,8 @@ def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> No
         table.add_column("context")
         table.add_column("then")
         for n in b["neighbors"][:shown]:
-            table.add_row(f"{n['position']:,}", f"{n['score']:.4f}", Text(repr(n["context"][-40:])),
-                          Text(repr(n["next"]["text"])))
+            table.add_row(f"{n['position']:,}", f"{n['score']:.4f}", Text(f"'{n['context_label'][-40:]}'"),
+                          Text(quoted(n["next"])))
         console.print(table)
     heading(console, "what followed them", f"the next tokens of all {nb['k']} x {len(nb['blocks'])} neighbours, "
             "against the model's probabilities")
@@ -223,11 +241,11 @@ def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> No
     for col in ("token", "count", "share", "model prob"):
         table.add_column(col, justify="left" if col == "token" else "right")
     for a in nb["approx"][:10]:
-        table.add_row(Text(repr(a["text"])), str(a["count"]), f"{a['prob']:.3f}", f"{a['model_prob']:.3f}")
+        table.add_row(Text(quoted(a)), str(a["count"]), f"{a['prob']:.3f}", f"{a['model_prob']:.3f}")
     console.print(table)
     top = nb["model_top"]
     agree = "agrees" if nb["top1_agree"] else "disagrees"
-    console.print(f"top-1 {agree} (neighbours {nb['approx'][0]['text']!r}, model {top['text']!r}); "
+    console.print(f"top-1 {agree} (neighbours {quoted(nb['approx'][0])}, model {quoted(top)}); "
                   f"KL(neighbours ‖ model) = {nb['kl_approx_model']:.3f} nats", markup=False)
 
 
@@ -239,7 +257,7 @@ def render(console: Console, summary: dict[str, Any], res: dict[str, Any] | None
         render_summary(console, summary)
         return
     render_header(console, summary)
-    console.print(Text("prompt tokens: ") + Text(" ".join(f"{visible(t['text'])}" for t in res["tokens"]), "cyan")
+    console.print(Text("prompt tokens: ") + Text(" ".join(visible(t) for t in res["tokens"]), "cyan")
                   + Text(f"  ({len(res['tokens'])} tokens)", "dim"))
     heading(console, "next token", f"the {k} most likely after the prompt")
     console.print(token_table(res["next_token"][:k]))

@@ -25,6 +25,7 @@ from gptkit.config import to_dict
 from gptkit.errors import UsageError
 from gptkit.model import GPT
 from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
+from gptkit.tokenview import label
 
 # ------------------------------------------------------------------------------------------------
 # Summary (header only)
@@ -109,9 +110,15 @@ def summarize(info: CheckpointInfo) -> dict[str, Any]:
 # One forward pass, block by block
 
 
-def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """A token as text; a byte-level piece of a multi-byte character shows as U+FFFD."""
-    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+def piece(tokenizer: Tokenizer, token_id: int) -> dict[str, Any]:
+    """A token as `gptkit tokenize --json` shows it: its text (None when its bytes are only part of a
+    character, like one byte of a Hangul syllable) and its readable label (`<0xEB>` for such bytes)."""
+    data = tokenizer.token_bytes(token_id)
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"id": int(token_id), "text": text, "label": label(data)}
 
 
 def run_blocks(model: GPT, idx: torch.Tensor, keep_weights: bool = False
@@ -174,7 +181,7 @@ def top_tokens(tokenizer: Tokenizer, logits: torch.Tensor, k: int) -> list[dict[
     """The k most likely next tokens of one logit vector (V,), with probabilities."""
     probs = torch.softmax(logits.float(), dim=-1)
     p, i = probs.topk(min(k, probs.numel()))
-    return [{"id": int(t), "text": token_text(tokenizer, int(t)), "prob": float(q), "logit": float(logits[t])}
+    return [{**piece(tokenizer, int(t)), "prob": float(q), "logit": float(logits[t])}
             for q, t in zip(p, i, strict=True)]
 
 
@@ -235,7 +242,7 @@ def attribution(model: GPT, tokenizer: Tokenizer, tr: Trace, target: int) -> dic
         terms.append({"name": f"block {i} attention", "layer": i, "kind": "attention", "value": push(a[-1])})
         terms.append({"name": f"block {i} FFN", "layer": i, "kind": "ffn", "value": push(m[-1])})
     terms.append({"name": "ln_f bias", "layer": len(tr.resid), "kind": "bias", "value": float(bias @ u)})
-    return {"token": {"id": target, "text": token_text(tokenizer, target)}, "logit": float(tr.logits[-1, target]),
+    return {"token": piece(tokenizer, target), "logit": float(tr.logits[-1, target]),
             "terms": terms, "sum": sum(t["value"] for t in terms), "ln_f_scale": scale}
 
 
@@ -248,7 +255,7 @@ def analyze(model: GPT, tokenizer: Tokenizer, prompt: str, k: int = 10) -> tuple
     target = int(tr.logits[-1].argmax())
     return tr, {
         "prompt": prompt,
-        "tokens": [{"id": i, "text": token_text(tokenizer, i)} for i in ids],
+        "tokens": [piece(tokenizer, i) for i in ids],
         "next_token": top_tokens(tokenizer, tr.logits[-1], k),
         "attention": [w.tolist() for w in tr.weights],  # (n_layer, nh, T, T)
         "logit_lens": logit_lens(model, tokenizer, tr, k, target),

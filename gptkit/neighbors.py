@@ -28,9 +28,10 @@ from gptkit.checkpoint import CheckpointInfo
 from gptkit.corpus import read_text, sha256_bytes
 from gptkit.data import split_point
 from gptkit.errors import InputError, TokenizerError
-from gptkit.introspect import Trace, run_blocks, token_text
+from gptkit.introspect import Trace, piece, run_blocks
 from gptkit.model import GPT
 from gptkit.tokenizer import Tokenizer
+from gptkit.tokenview import label
 
 Progress = Callable[[int, int], None]
 
@@ -134,7 +135,8 @@ def neighbours(model: GPT, tokenizer: Tokenizer, tr: Trace, source: TrainingText
             follower = ids[i + L]
             counts[follower] += 1
             found.append({"position": i + L - 1, "score": s, "context": tokenizer.decode(ids[i:i + L]),
-                          "next": {"id": follower, "text": token_text(tokenizer, follower)}})
+                          "context_label": label(tokenizer.decode_bytes(ids[i:i + L])),  # <0xEB> at a cut character
+                          "next": piece(tokenizer, follower)})
         blocks.append({"layer": layer, "neighbors": found})
     return {"source": {"path": source.path, "scope": source.scope}, "window": L, "positions_scanned": n,
             "k": k, "blocks": blocks, **compare(tokenizer, counts, tr.logits[-1])}
@@ -145,9 +147,9 @@ def compare(tokenizer: Tokenizer, counts: Counter, logits: torch.Tensor) -> dict
     (q has zeros where no neighbour's follower went, so this direction stays finite)."""
     p = torch.softmax(logits.float(), dim=-1)
     total = sum(counts.values())
-    approx = [{"id": t, "text": token_text(tokenizer, t), "count": c, "prob": c / total, "model_prob": float(p[t])}
+    approx = [{**piece(tokenizer, t), "count": c, "prob": c / total, "model_prob": float(p[t])}
               for t, c in counts.most_common()]
     kl = sum(a["prob"] * math.log(a["prob"] / max(a["model_prob"], 1e-30)) for a in approx)
     top = int(p.argmax())
-    return {"approx": approx, "model_top": {"id": top, "text": token_text(tokenizer, top), "prob": float(p[top])},
+    return {"approx": approx, "model_top": {**piece(tokenizer, top), "prob": float(p[top])},
             "top1_agree": approx[0]["id"] == top, "kl_approx_model": kl}

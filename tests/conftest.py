@@ -59,3 +59,18 @@ def trained_run(tmp_path_factory):
     events: list[dict] = []
     result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
     return {"store": store, "run_dir": store / "shakespeare", "result": result, "events": events}
+
+
+@pytest.fixture(scope="session")
+def korean_bpe_run(tmp_path_factory):
+    """A 2-layer bpe model (512 ids) trained for real on Korean (about 4 s): common syllables are whole
+    tokens (two terminal cells wide), a rare one like 뷁 is split into byte pieces (<0xEB> <0xB7> <0x81>)."""
+    from gptkit.config import resolve_config
+    from gptkit.train import train
+
+    store = tmp_path_factory.mktemp("ko-bpe")
+    (store / "ko.txt").write_text(KOREAN.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    mc, tc = resolve_config("tiny", None, dict(tokenizer="bpe", vocab_size=512, n_layer=2, n_head=2, n_embd=64,
+                                               block_size=32, max_iters=60, eval_interval=60, eval_iters=2))
+    train(mc, tc, str(store / "ko.txt"), store / "ko", store)
+    return store / "ko"

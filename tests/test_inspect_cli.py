@@ -1,4 +1,5 @@
-"""`gptkit inspect` as a user runs it: the summary, --json, --save, --neighbors and one-line errors."""
+"""`gptkit inspect` as a user runs it: the summary, --json, --save, --neighbors, Korean views and
+one-line errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from rich.cells import cell_len
 
 from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
 
@@ -109,6 +111,51 @@ def test_neighbors_flag_finds_a_copied_prompt_in_a_file_whose_hash_differs(train
         for n in block["neighbors"]:
             assert text[n["position"] - 11:n["position"] + 1] == n["context"]
             assert text[n["position"] + 1] == n["next"]["text"]
+
+
+KOREAN_PROMPT = "고양이가 뷁 하고 울었다"  # whole syllables, and 뷁 in byte pieces
+
+
+def test_korean_labels_line_up_by_terminal_cells(korean_bpe_run):
+    proc = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--layer", "0", "--head", "0", "--numbers")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    n = len(json.loads(run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--json").stdout)
+            ["analysis"]["tokens"])
+    for title in ("layer 0 head 0", "layer 0 head 0 weights"):
+        start = lines.index(title) + 1
+        block = lines[start:start + n + (2 if title.endswith("0") else 1)]  # column labels (+ numbers), rows
+        rows = block[-n:]
+        assert any("고" in r for r in rows) and any("<0x" in r for r in rows)
+        # every line of a map, Hangul labels or not, is as many terminal cells wide as the others
+        assert len({cell_len(line) for line in block}) == 1, "\n".join(block)
+
+
+def test_byte_pieces_show_as_tokenize_shows_them(korean_bpe_run):
+    js = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--json")
+    tok = run_cli("tokenize", "--checkpoint", str(korean_bpe_run), KOREAN_PROMPT, "--json")
+    assert js.returncode == 0 and tok.returncode == 0, js.stderr + tok.stderr
+    mine = json.loads(js.stdout)["analysis"]["tokens"]
+    theirs = json.loads(tok.stdout)["tokens"]
+    assert [(t["id"], t["text"], t["label"]) for t in mine] == [(t["id"], t["text"], t["label"]) for t in theirs]
+    assert [(t["text"], t["label"]) for t in mine[5:8]] == [(None, " <0xEB>"), (None, "<0xB7>"), (None, "<0x81>")]
+    assert "\ufffd" not in js.stdout
+    view = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--neighbors", "--max-positions", "300",
+                   env={"COLUMNS": "200"})
+    assert view.returncode == 0, view.stderr
+    assert "\ufffd" not in view.stdout
+    assert "prompt tokens: 고 <0xEC><0x96> <0x91> 이 가 ␣<0xEB> <0xB7> <0x81> ␣하 고 " in view.stdout
+
+
+def test_an_unwritable_save_path_fails_before_any_output(trained_run, capsys, tmp_path):
+    (tmp_path / "adir.svg").mkdir()
+    (tmp_path / "afile").write_text("a file where a folder should be\n", encoding="utf-8")
+    for path in (tmp_path / "missing" / "view.svg", tmp_path / "adir.svg", tmp_path / "afile" / "view.html"):
+        proc = run_here(capsys, "inspect", "--checkpoints", str(trained_run["store"]), "-p", PROMPT, "--save",
+                        str(path))
+        assert_one_line_error(proc, "cannot write", str(path), "--save")
+        assert proc.returncode == 2 and proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.svg", "afile"]
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,24 @@ def check_options(prompt: str | None, top_k: int, layer: int | None, head: int |
         raise UsageError(f"{needs_prompt[0]} looks inside a forward pass; give it a --prompt TEXT")
     if data is not None and not neighbors:
         raise UsageError("--data is the training text for --neighbors; add --neighbors")
-    if save is not None and save.suffix.lower() not in SAVE_KINDS:
-        raise UsageError(f"--save writes .svg or .html, not {save.name!r}")
+    if save is not None:
+        if save.suffix.lower() not in SAVE_KINDS:
+            raise UsageError(f"--save writes .svg or .html, not {save.name!r}")
+        check_save_path(save)
+
+
+def check_save_path(path: Path) -> None:
+    """Fail before any work, not after printing the whole view, when --save cannot write its file."""
+    from gptkit.fsio import probe_writable
+
+    try:
+        probe_writable(path)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+
+
+def cannot_write(path: Path, e: OSError) -> UsageError:
+    return UsageError(f"cannot write {str(path)!r} ({e.strerror or e}); choose another --save FILE")
 
 
 def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) -> None:
@@ -131,4 +147,4 @@ def _save(path: Path, view: dict[str, Any], n_tokens: int) -> None:
         else:
             console.save_html(str(path))
     except OSError as e:
-        raise UsageError(f"cannot write {str(path)!r}: {e.strerror}") from None
+        raise cannot_write(path, e) from None
