@@ -1,9 +1,10 @@
 """Where training text comes from: a local UTF-8 file, an http(s) URL, or the built-in corpus.
 
 Owns reading text safely (one-line errors for missing, binary, empty or non-UTF-8 input, with the
-byte offset of the first bad byte), downloading a URL once into the store's cache, and building the
-built-in default corpus from the docstrings of Python's own standard library (parsed with `ast`,
-never imported or executed), so `gptkit train` works on any machine with nothing downloaded.
+byte offset of the first bad byte; the binary and UTF-8 checks are `textchunks.check_text`),
+downloading a URL once into the store's cache, and building the built-in default corpus from the
+docstrings of Python's own standard library (parsed with `ast`, never imported or executed), so
+`gptkit train` works on any machine with nothing downloaded.
 It does not tokenize; `data.py` does that. Standard library only.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptkit.errors import InputError
+from gptkit.textchunks import check_text
 
 BUILTIN = "builtin"  # the name recorded for the built-in corpus
 BUILTIN_MAX_BYTES = 4_000_000  # enough for a small model; keeps the first build to a few seconds
@@ -40,20 +42,14 @@ class Source:
         return len(self.text.encode("utf-8"))
 
 
-def decode_utf8(data: bytes, name: str) -> str:
-    """Bytes -> text, rejecting binary files and invalid UTF-8 with the offset of the first bad byte."""
-    if b"\x00" in data[:1 << 20]:
-        raise InputError(f"{name} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"{name} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at byte offset {e.start}); "
-            "convert it, e.g. `iconv -f cp949 -t utf-8`"
-        ) from None
+def decode_utf8(data: bytes, name: str, cut: bool = False) -> str:
+    """Bytes -> text, rejecting binary files, invalid UTF-8 (with the offset of the first bad byte) and
+    empty or whitespace-only text. With `cut`, `data` is only the start of a file: a character cut off
+    at its end is dropped, and emptiness is not judged (the rest may hold text)."""
+    text = check_text(data, name, cut=cut)
     if text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark is not part of the text
-    if not text.strip():
+    if not cut and not text.strip():
         raise InputError(f"{name} is empty or only whitespace; give a file with some text in it")
     return text
 

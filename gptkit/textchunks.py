@@ -11,8 +11,10 @@ whole text at once, whatever the chunk size:
   line over a long stretch, before the space in "letter space letter" (`find_cut`). A piece never
   spans such a cut, so encoding the chunks one by one gives exactly the ids of the whole text.
 
-It also streams a file as text blocks with the byte offset of any invalid UTF-8, skips a
-byte-order mark, and rejects empty and binary files in one line. Standard library only; it does
+It also owns the one check of bytes that should be text (`check_text`: a NUL byte means a binary
+file, invalid UTF-8 is named by its first bad byte and that byte's offset in the file), which
+`corpus.py` and `gptkit train`'s early look at a file use too; it streams a file as checked text
+blocks, skips a byte-order mark, and rejects empty files in one line. Standard library only; it does
 not tokenize (`dataset_build.py` does) and never holds more than a few blocks in memory.
 """
 
@@ -28,6 +30,7 @@ from gptkit.errors import InputError
 
 BOM = b"\xef\xbb\xbf"
 BLOCK_BYTES = 1 << 20  # how much of the file is read at a time
+HEAD_BYTES = 1 << 20  # a NUL byte in this much of a file's start means a binary file
 # A line boundary: the newline is the whole whitespace run before it (so `\s+(?!\S)` and
 # `\s*[\r\n]+` both end exactly there) and a letter or digit follows (never a prefix of a piece
 # that starts before it; "/" or punctuation could be, for o200k's `[\r\n/]*`).
@@ -77,6 +80,30 @@ def rechunk(blocks: Iterable[str], size: int, exact: bool = True) -> Iterator[st
         yield buf[start:]
 
 
+def check_binary(head: bytes, name: str) -> None:
+    """A NUL byte in the first MiB of a file means it is binary: UTF-8 text has none."""
+    if b"\x00" in head[:HEAD_BYTES]:
+        raise InputError(f"{name} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+
+
+def check_text(data: bytes, name: str, at: int = 0, cut: bool = False) -> str:
+    """`data`, the bytes of the file `name` from byte offset `at`, as text; or a one-line InputError:
+    a NUL byte within the file's first MiB (`check_binary`), or invalid UTF-8, named by the first bad
+    byte and its offset in the file. With `cut` (`data` stops before the file does), a character cut
+    off at the end is left out instead of being called invalid."""
+    if at < HEAD_BYTES:
+        check_binary(data[:HEAD_BYTES - at], name)
+    if cut:
+        data = data[:len(data) - _incomplete_tail(data)]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{name} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at byte offset {at + e.start}); "
+            "convert it, e.g. `iconv -f cp949 -t utf-8`"
+        ) from None
+
+
 @dataclass
 class TextFile:
     """An open UTF-8 file: its text lies in bytes [start, end) (start is 3 after a byte-order mark)."""
@@ -92,13 +119,13 @@ class TextFile:
 
 
 def open_text(f: BinaryIO, name: str) -> TextFile:
-    """Check a seekable binary stream holds text: not empty, no NUL in its first MiB (binary)."""
+    """Check a seekable binary stream holds text: not empty, no NUL in its first MiB (binary); its
+    UTF-8 is checked as it is read (`read_blocks`)."""
     f.seek(0, 2)
     end = f.tell()
     f.seek(0)
-    head = f.read(1 << 20)
-    if b"\x00" in head:
-        raise InputError(f"{name} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+    head = f.read(HEAD_BYTES)
+    check_binary(head, name)
     start = len(BOM) if head.startswith(BOM) else 0
     if end - start == 0:
         raise InputError(f"{name} is empty; give a file with some text in it")
@@ -183,12 +210,6 @@ def read_blocks(tf: TextFile, start: int, end: int, block_bytes: int = BLOCK_BYT
         data = tail + raw
         keep = _incomplete_tail(data) if pos < end else 0
         data, tail = (data[:-keep], data[-keep:]) if keep else (data, b"")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"{tf.name} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at byte offset {data_at + e.start}); "
-                "convert it, e.g. `iconv -f cp949 -t utf-8`"
-            ) from None
+        text = check_text(data, tf.name, at=data_at)
         if text:
             yield text

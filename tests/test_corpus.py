@@ -61,3 +61,20 @@ def test_download_offline_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="cannot download"):
         download(f"http://127.0.0.1:{port}/input.txt", tmp_path)
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+def test_the_first_mib_cut_inside_a_character_is_not_called_invalid(tmp_path):
+    """`gptkit train` looks at a file's first MiB before importing torch; the cut may split a syllable."""
+    from gptkit.cli.train_cmd import check_data_arg
+    from gptkit.corpus import decode_utf8
+
+    data = "가".encode() * ((1 << 20) // 3 + 10)  # 1 MiB is not a whole number of 3-byte syllables
+    assert decode_utf8(data[:1 << 20], "'f'", cut=True) == "가" * ((1 << 20) // 3)
+    with pytest.raises(InputError, match=f"byte offset {(1 << 20) - 1}"):
+        decode_utf8(data[:1 << 20], "'f'")  # the whole of a file: a cut character is invalid
+    f = tmp_path / "big.txt"
+    f.write_bytes(data)
+    check_data_arg(str(f))
+    f.write_bytes(data[:300] + b"\xff" + data[300:])
+    with pytest.raises(InputError, match="bad byte 0xff at byte offset 300"):
+        check_data_arg(str(f))

@@ -14,6 +14,7 @@ from gptkit.cli.app import app, config_options, handle_errors, with_options
 from gptkit.config import ModelConfig, TrainConfig, resolve_config
 from gptkit.corpus import decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
+from gptkit.textchunks import HEAD_BYTES
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
 
@@ -49,25 +50,15 @@ def check_data_arg(data: str | None) -> None:
         return
     head = _read_head(p)
     # the first MiB catches empty, binary and non-UTF-8 files before torch is even imported
-    decode_utf8(head if len(head) < 1 << 20 else _trim_partial_char(head), repr(data))
+    decode_utf8(head, repr(data), cut=len(head) == HEAD_BYTES)
 
 
 def _read_head(p: Path) -> bytes:
     try:
         with open(p, "rb") as f:
-            return f.read(1 << 20)
+            return f.read(HEAD_BYTES)
     except OSError as e:
         raise InputError(f"cannot read {str(p)!r}: {e.strerror}") from None
-
-
-def _trim_partial_char(data: bytes) -> bytes:
-    """Drop a multi-byte character cut off at the end of a prefix (up to 3 bytes)."""
-    for i in range(1, 4):
-        if data[-i] & 0xC0 == 0xC0:  # a lead byte: keep bytes before it
-            return data[:-i]
-        if data[-i] & 0x80 == 0:
-            return data
-    return data
 
 
 @app.command("train")
