@@ -143,7 +143,8 @@ def _hf_vocab(folder: Path) -> dict[str, int] | None:
 def _tokenizer_for(folder: Path, cfg: ModelConfig) -> Tokenizer:
     """The tokenizer a converted model gets: a gptkit export's own, else tiktoken's gpt2 — after
     checking that any vocabulary shipped in the folder is GPT-2's."""
-    from gptkit.tokenizer import build_tokenizer, load_tokenizer
+    from gptkit.tokenizer import build_tokenizer
+    from gptkit.tokenizer_io import load_tokenizer
 
     if (folder / GPTKIT_TOKENIZER).is_file():
         tok = load_tokenizer(folder / GPTKIT_TOKENIZER)
@@ -243,7 +244,7 @@ def _write_hf_files(dst: Path, tensors: dict[str, torch.Tensor], texts: dict[str
 
 def gptkit_to_hf(ckpt: Path, dst: Path, dtype: str | None = None, overwrite: bool = False) -> ConvertResult:
     """A gptkit checkpoint -> a folder `AutoModelForCausalLM.from_pretrained` loads without warnings."""
-    from gptkit.tokenizer import tokenizer_from_dict
+    from gptkit.tokenizer_io import tokenizer_from_dict
 
     info = checkpoint.read_info(ckpt)
     cfg = info.model_config

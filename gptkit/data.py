@@ -25,7 +25,8 @@ import numpy as np
 
 from gptkit.corpus import Source
 from gptkit.errors import InputError
-from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
+from gptkit.tokenizer import Tokenizer
+from gptkit.tokenizer_io import tokenizer_from_dict
 
 DATASET_FORMAT = 1
 

@@ -24,7 +24,8 @@ from gptkit.checkpoint import CheckpointInfo
 from gptkit.config import to_dict
 from gptkit.errors import UsageError
 from gptkit.model import GPT
-from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
+from gptkit.tokenizer import Tokenizer
+from gptkit.tokenizer_io import tokenizer_from_dict
 from gptkit.tokenview import label
 
 # ------------------------------------------------------------------------------------------------

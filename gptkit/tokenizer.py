@@ -2,8 +2,9 @@
 
 Owns: turning text into token ids and back (`encode`, `decode`, raw `decode_bytes` for incremental
 UTF-8 streaming), training a byte-level BPE with rustbpe (encoded with tiktoken, as nanochat does),
-loading tiktoken's named encodings strictly offline, and a complete JSON form (`to_dict`) so a
-checkpoint carries its tokenizer and rebuilds it with no network and no files.
+and loading tiktoken's named encodings strictly offline. A tokenizer's complete JSON form
+(`to_dict`, rebuilt by `tokenizer_from_dict`), which lets a checkpoint carry its tokenizer and
+rebuild it with no network and no files, and tokenizer files live in `tokenizer_io.py`.
 
 Kinds:
 - ``char``  — the sorted distinct characters of the training text; unknown characters are an error.
@@ -18,14 +19,11 @@ add special tokens to text (``<|endoftext|>`` inside text is just text), cache t
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import numbers
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptkit.errors import TokenizerError
@@ -36,7 +34,6 @@ if TYPE_CHECKING:  # tiktoken is imported lazily at run time
 
 TOKENIZER_KINDS: tuple[str, ...] = ("char", "byte", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # used when build_tokenizer("bpe", text) gets vocab_size=None
-FORMAT_VERSION = 1  # version of the to_dict() layout
 
 TOKENIZER_NAMES: tuple[str, ...] = TOKENIZER_KINDS + TIKTOKEN_NAMES  # every name build_tokenizer takes
 _EOT = "<|endoftext|>"
@@ -77,9 +74,11 @@ class Tokenizer(ABC):
     def token_bytes(self, token_id: int) -> bytes:
         """Bytes of one token."""
 
-    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """Complete JSON-serialisable description; `tokenizer_from_dict` rebuilds it offline."""
+        from gptkit.tokenizer_io import tokenizer_to_dict  # the stored layout lives there
+
+        return tokenizer_to_dict(self)
 
     def fingerprint(self) -> str:
         """Short sha256 hex (16 digits) of the canonical JSON of `to_dict()` (a cache key)."""
@@ -141,9 +140,6 @@ class CharTokenizer(Tokenizer):
             raise _bad_id(i, self.vocab_size)
         return self.chars[i]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "kind": self.kind, "name": self.name, "chars": self.chars}
-
 
 class ByteTokenizer(Tokenizer):
     """The 256 byte values of the text's UTF-8 encoding."""
@@ -172,9 +168,6 @@ class ByteTokenizer(Tokenizer):
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.decode_bytes([token_id])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "kind": self.kind, "name": self.name}
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -205,7 +198,7 @@ class TiktokenTokenizer(Tokenizer):
         )
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.special_tokens.get(_EOT)
-        self._ranks_b64: list[str] | None = None  # to_dict's encoded ranks, computed once
+        self.ranks_b64: list[str] | None = None  # the ranks as to_dict stores them, filled by its first call
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
@@ -232,21 +225,6 @@ class TiktokenTokenizer(Tokenizer):
         except (KeyError, OverflowError, TypeError):
             return False
         return True
-
-    def to_dict(self) -> dict[str, Any]:
-        if self._ranks_b64 is None:
-            # Ranks are 0..n-1 (checked in tokenizer_from_dict), so the list index is the rank.
-            by_rank = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
-            assert all(rank == i for i, (_, rank) in enumerate(by_rank)), "ranks not contiguous"
-            self._ranks_b64 = [base64.b64encode(tok).decode("ascii") for tok, _ in by_rank]
-        return {
-            "format": FORMAT_VERSION,
-            "kind": self.kind,
-            "name": self.name,
-            "pat_str": self.pat_str,
-            "mergeable_ranks": list(self._ranks_b64),  # base64 token bytes, index = rank
-            "special_tokens": dict(self.special_tokens),
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,89 +302,3 @@ def load_tiktoken(name: str) -> TiktokenTokenizer:
     return TiktokenTokenizer(
         "tiktoken", name, params["pat_str"], params["mergeable_ranks"], params["special_tokens"]
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Serialisation
-
-
-def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from `Tokenizer.to_dict()` output, with no network and no files."""
-    if not isinstance(d, dict):
-        raise TokenizerError(f"tokenizer description must be a JSON object, got {type(d).__name__}")
-    kind = d.get("kind")
-    if d.get("format", FORMAT_VERSION) != FORMAT_VERSION:
-        raise TokenizerError(
-            f"tokenizer format {d.get('format')!r} is not supported (this gptkit reads "
-            f"{FORMAT_VERSION}); upgrade gptkit"
-        )
-    try:
-        if kind == "byte":
-            return ByteTokenizer()
-        if kind == "char":
-            chars = d["chars"]
-            if not isinstance(chars, str):
-                raise TypeError("chars must be a string")
-            return CharTokenizer(chars)
-        if kind in ("bpe", "tiktoken"):
-            name, pat_str = d["name"], d["pat_str"]
-            ranks_b64, specials = d["mergeable_ranks"], d["special_tokens"]
-            if not (isinstance(name, str) and isinstance(pat_str, str) and isinstance(ranks_b64, list)
-                    and isinstance(specials, dict) and ranks_b64):
-                raise TypeError("bad field types")
-            ranks = {base64.b64decode(t, validate=True): i for i, t in enumerate(ranks_b64)}
-            if len(ranks) != len(ranks_b64):
-                raise ValueError("duplicate tokens in mergeable_ranks")
-            if not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
-                raise TypeError("bad special_tokens")
-            # tiktoken panics (a Rust PanicException, not an Exception) on these: reject them here.
-            if any(bytes([b]) not in ranks for b in range(256)):
-                raise ValueError("mergeable_ranks lacks some single bytes")
-            ids = list(specials.values())
-            if len(set(ids)) != len(ids) or any(i < len(ranks) for i in ids):
-                raise ValueError("special token ids must be distinct and above the ranks")
-            return TiktokenTokenizer(kind, name, pat_str, ranks, specials)
-    except TokenizerError:
-        raise
-    except Exception as e:  # noqa: BLE001  (any malformed field is the same user error)
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise TokenizerError(
-            f"invalid {kind} tokenizer description ({type(e).__name__}: {detail}); "
-            "rebuild the tokenizer or use an intact checkpoint"
-        ) from None
-    raise TokenizerError(
-        f"unknown tokenizer kind {kind!r} in tokenizer description; expected one of: "
-        "char, byte, bpe, tiktoken"
-    )
-
-
-def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
-    """Write `tok.to_dict()` as JSON to `path` (atomically: temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(tok.to_dict(), f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TokenizerError(f"cannot write tokenizer file {path}: {e.strerror}; check the folder") from None
-
-
-def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """Read a tokenizer written by `save_tokenizer`."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {path} not found; check the path") from None
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {e.strerror}") from None
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise TokenizerError(
-            f"tokenizer file {path} is not valid JSON ({str(e).splitlines()[0]}); "
-            "save it again with save_tokenizer"
-        ) from None
-    return tokenizer_from_dict(d)

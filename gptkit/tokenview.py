@@ -23,8 +23,8 @@ from gptkit.tokenizer import (
     TiktokenTokenizer,
     Tokenizer,
     build_tokenizer,
-    load_tokenizer,
 )
+from gptkit.tokenizer_io import load_tokenizer
 
 HELD_OUT = 0.1  # the compare table's held-out part: the last 10% of the text, cut at a line
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -34,7 +34,8 @@ from gptkit.evaluate import bits_per_char, estimate_loss, sample_text
 from gptkit.fsio import removed_on_error
 from gptkit.model import GPT
 from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_progress, set_lr
-from gptkit.tokenizer import Tokenizer, tokenizer_from_dict
+from gptkit.tokenizer import Tokenizer
+from gptkit.tokenizer_io import tokenizer_from_dict
 
 Event = dict[str, Any]
 # flags that must match a resumed checkpoint (--vocab-size is the bpe target: _check_tokenizer checks it)

@@ -19,7 +19,8 @@ from gptkit.config import ModelConfig, to_dict
 from gptkit.convert import convert
 from gptkit.errors import InputError, UsageError
 from gptkit.generate import generate
-from gptkit.tokenizer import build_tokenizer, load_tokenizer
+from gptkit.tokenizer import build_tokenizer
+from gptkit.tokenizer_io import load_tokenizer
 from tests.conftest import ENGLISH, SHAKESPEARE, assert_one_line_error, run_cli
 
 ATOL = 1e-5  # fp32 logits: gptkit vs transformers

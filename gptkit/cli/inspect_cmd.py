@@ -111,7 +111,7 @@ def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, 
     from gptkit.checkpoint import build_model
     from gptkit.introspect import analyze
     from gptkit.runtime import pick_device
-    from gptkit.tokenizer import tokenizer_from_dict
+    from gptkit.tokenizer_io import tokenizer_from_dict
 
     tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
     model = build_model(info, pick_device(device)).float().eval()  # inspect in full precision

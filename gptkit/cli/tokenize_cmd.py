@@ -95,7 +95,7 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
     from `train_text`)."""
     if checkpoint is not None:
         from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
-        from gptkit.tokenizer import tokenizer_from_dict
+        from gptkit.tokenizer_io import tokenizer_from_dict
 
         return tokenizer_from_dict(read_info(resolve(checkpoint, checkpoints)).meta["tokenizer"])
     from gptkit.tokenview import resolve_tokenizer
@@ -162,7 +162,7 @@ def tokenize_command(
         tok = load_tokenizer_for(tokenizer, checkpoint, checkpoints, train_text if mode == "decode" else
                                  (train_text or source), vocab_size, decoding=mode == "decode")
         if save_tokenizer is not None:
-            from gptkit.tokenizer import save_tokenizer as save
+            from gptkit.tokenizer_io import save_tokenizer as save
 
             save(tok, save_tokenizer)
         if mode == "decode":
@@ -261,7 +261,7 @@ def _build(text: str | None, file: Path | None, out: Path, spec: str | None, che
         progress.close()
         tf.f.close()
     if save_tokenizer is not None:
-        from gptkit.tokenizer import save_tokenizer as save
+        from gptkit.tokenizer_io import save_tokenizer as save
 
         save(ds.tokenizer, save_tokenizer)
     if not quiet:
