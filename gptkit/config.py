@@ -60,6 +60,9 @@ class TrainConfig:
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = _f(100, "linear warmup steps")
     weight_decay: float = _f(0.1, "AdamW decay on matrices (not on biases, norms)")
+    optimizer: str = _f("adamw", "'adamw', or 'muon': orthogonalised momentum for the blocks' matrices, "
+                                 "AdamW for embeddings, biases and norms")
+    muon_lr: float = _f(0.02, "peak learning rate of Muon's matrices (same warmup and decay)")
     beta1: float = _f(0.9, "AdamW first-moment decay")
     beta2: float = _f(0.99, "AdamW second-moment decay")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
@@ -115,6 +118,7 @@ _CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "swiglu"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "optimizer": ("adamw", "muon"),
 }
 
 
@@ -264,6 +268,7 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     need(tc.warmup_iters >= 0, f"--warmup-iters must be 0 or more, got {tc.warmup_iters}")
     need(0.0 < tc.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {tc.val_fraction}")
     need(tc.learning_rate > 0, f"--learning-rate must be positive, got {tc.learning_rate}")
+    need(tc.muon_lr > 0, f"--muon-lr must be positive, got {tc.muon_lr}")
     need(0 <= tc.min_lr <= tc.learning_rate, f"--min-lr must be in [0, learning rate], got {tc.min_lr}")
     need(tc.weight_decay >= 0, f"--weight-decay must be 0 or more, got {tc.weight_decay}")
     need(0 <= tc.beta1 < 1 and 0 <= tc.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")

@@ -1,5 +1,10 @@
-"""Optimisation: AdamW with weight-decay groups, the learning-rate schedule, and optimizer state
-restored by parameter name.
+"""Optimisation: AdamW with weight-decay groups, Muon for the hidden matrices, the learning-rate
+schedule, and optimizer state restored by parameter name.
+
+Muon (Keller Jordan, 2024) updates each hidden weight matrix with the orthogonalised momentum of its
+gradient: the same direction as SGD-momentum but with every singular value set to one, so rare
+directions learn as fast as common ones. It reaches a given loss in fewer steps than AdamW on small
+transformers; embeddings, the output head, biases and norm gains stay on AdamW.
 
 Owns how parameters are updated and how fast; not when to step (train.py) nor where state is
 stored (checkpoint.py, which keys AdamW moments by parameter name so order never matters).
@@ -15,13 +20,101 @@ from gptkit.config import TrainConfig
 from gptkit.model import GPT
 
 
-def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW: decay matrices and embeddings, not biases or norm gains. The fused kernel (CUDA, and
+def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """`tc.optimizer`: AdamW, or Muon for the blocks' matrices with AdamW for the rest.
+
+    AdamW decays matrices and embeddings, not biases or norm gains. Its fused kernel (CUDA, and
     CPU since torch 2.4) updates every parameter in one call: on a small model on CPU the plain
     per-parameter loop costs more than the forward pass (measured 24 ms vs 0.9 ms per step)."""
+    if tc.optimizer == "muon":
+        return Muon(muon_groups(model, tc), lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))
     extra = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(model.optimizer_groups(tc.weight_decay), lr=tc.learning_rate,
                              betas=(tc.beta1, tc.beta2), **extra)
+
+
+def muon_groups(model: GPT, tc: TrainConfig) -> list[dict]:
+    """Muon takes every 2-D weight inside the blocks (the fused Q/K/V matrix as its three parts);
+    AdamW keeps the embeddings, the (tied) output head, biases and norm gains."""
+    qkv, hidden, rest = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("transformer.h.") and p.dim() == 2:
+            (qkv if ".attn.c_attn." in name else hidden).append(p)
+        else:
+            rest.add(id(p))
+    scale = tc.muon_lr / tc.learning_rate  # set_lr scales the one schedule per group
+    adam = [g for g in model.optimizer_groups(tc.weight_decay) if g["params"]]
+    for g in adam:
+        g["params"] = [p for p in g["params"] if id(p) in rest]
+    return [{"params": qkv, "muon": True, "split": 3, "lr_scale": scale, "weight_decay": 0.0},
+            {"params": hidden, "muon": True, "split": 1, "lr_scale": scale, "weight_decay": 0.0},
+            *[{**g, "muon": False} for g in adam if g["params"]]]
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to g (U·Vᵀ of its SVD), approximately, by a quintic
+    Newton–Schulz iteration tuned to push every singular value towards 1 in a few steps.
+    Batched over leading dimensions; works on the short side (X·Xᵀ is the small Gram matrix)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values now <= 1
+    tall = g.size(-2) > g.size(-1)
+    if tall:
+        x = x.mT
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for groups marked ``muon`` (Nesterov momentum, orthogonalised, scaled so the update's
+    RMS does not depend on the matrix's aspect ratio), AdamW for the others, in one optimizer so
+    its state is saved and restored by parameter name like AdamW's (same ``exp_avg``/``exp_avg_sq``/
+    ``step`` keys; ``momentum_buffer`` for Muon's matrices)."""
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99),
+                 momentum: float = 0.95, ns_steps: int = 5, eps: float = 1e-8) -> None:
+        super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, ns_steps=ns_steps, eps=eps,
+                                      weight_decay=0.0, muon=False, split=1, lr_scale=1.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ARG002 (torch's signature)
+        for group in self.param_groups:
+            (self._muon if group["muon"] else self._adamw)(group)
+
+    def _muon(self, group: dict) -> None:
+        lr, mom, split = group["lr"], group["momentum"], group["split"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            buf.lerp_(p.grad, 1 - mom)
+            g = p.grad.lerp(buf, mom)  # Nesterov: look one momentum step ahead
+            rows, cols = p.size(0) // split, p.size(1)
+            update = orthogonalize(g.view(split, rows, cols), group["ns_steps"]).view_as(p)
+            if group["weight_decay"]:
+                p.mul_(1 - lr * group["weight_decay"])
+            p.add_(update, alpha=-lr * max(1.0, rows / cols) ** 0.5)
+
+    def _adamw(self, group: dict) -> None:
+        (beta1, beta2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            st["step"] += 1
+            t = float(st["step"])
+            st["exp_avg"].lerp_(p.grad, 1 - beta1)
+            st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            if wd:
+                p.mul_(1 - lr * wd)
+            denom = (st["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(eps)
+            p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - beta1 ** t))
 
 
 def lr_at(tc: TrainConfig, step: int, progress: float) -> float:
@@ -42,8 +135,9 @@ def schedule_progress(tc: TrainConfig, step: int, elapsed: float) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group follows the one schedule; a group's ``lr_scale`` (Muon's) multiplies it."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, model: GPT, saved: dict[str, torch.Tensor]) -> int:

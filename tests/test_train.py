@@ -61,8 +61,9 @@ def interrupt_at(step: int):
     return on_event
 
 
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
-    mc, tc = _tiny(max_iters=20)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, optimizer):
+    mc, tc = _tiny(max_iters=20, optimizer=optimizer)
     train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path)
     first = train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(13))
     assert first.interrupted and first.step == 13  # Ctrl-C finished the step, saved, and stopped
