@@ -87,7 +87,14 @@ class SampleConfig:
 
 # Presets set model shape and the training settings that go with it. Values not named keep the
 # dataclass defaults. `tiny` is nanoGPT's CPU recipe; `baby` is nanoGPT's shakespeare-char model.
+# `quick` is tiny's shape tuned for the best validation loss in a few CPU minutes (benchmarks/train.py):
+# rotary positions, Muon, a larger batch that pays for Muon's per-step cost, and a higher LR.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pos_encoding="rope"),
+        "train": dict(batch_size=32, optimizer="muon", learning_rate=3e-3, min_lr=3e-4, muon_lr=0.02,
+                      max_iters=1000, warmup_iters=50),
+    },
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
         "train": dict(batch_size=12, learning_rate=1e-3, max_iters=2000, warmup_iters=100),
@@ -108,10 +115,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     },
 }
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "quick"
 # With no --preset, the size follows the device: a CPU gets the small fast model, a GPU nanoGPT's
 # 10M shakespeare-char model. A preset named on the command line or in a config file always wins.
-DEVICE_PRESETS = {"cpu": "tiny", "mps": "small", "cuda": "baby"}
+DEVICE_PRESETS = {"cpu": "quick", "mps": "small", "cuda": "baby"}
 
 _CHOICES = {
     "pos_encoding": ("learned", "rope"),

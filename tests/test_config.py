@@ -72,7 +72,11 @@ def test_unknown_preset_and_unknown_file_key(tmp_path):
 
 def test_default_preset_follows_the_device(tmp_path):
     assert resolve_config(None, None, {}, device_type="cuda")[0].n_embd == 384  # baby on a GPU
-    assert resolve_config(None, None, {}, device_type="cpu")[0] == resolve_config("tiny")[0]
+    assert resolve_config(None, None, {}, device_type="cpu") == resolve_config("quick")  # tuned for CPU minutes
+    mc, tc = resolve_config("quick")
+    assert (mc.pos_encoding, tc.optimizer) == ("rope", "muon")
+    mc, tc = resolve_config("tiny")  # nanoGPT's CPU recipe, GPT-2's architecture, AdamW
+    assert (mc.pos_encoding, mc.norm, mc.mlp, tc.optimizer, tc.batch_size) == ("learned", "layernorm", "gelu", "adamw", 12)
     f = tmp_path / "run.toml"
     f.write_text('preset = "small"\n')
     assert resolve_config(None, f, {}, device_type="cuda")[0].n_embd == 192  # a named preset wins

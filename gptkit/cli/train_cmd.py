@@ -66,7 +66,8 @@ def _read_head(p: Path) -> bytes:
 def train_command(
     data: Optional[str] = typer.Argument(None, help="UTF-8 text file, dataset folder, or http(s) URL "
                                          "[default: the built-in corpus of Python's docstrings]", show_default=False),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="tiny | small | baby | gpt2 [default: tiny]"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="quick | tiny | small | baby | gpt2 "
+                                         "[default: quick on CPU, small on MPS, baby on CUDA]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings ([model]/[train] tables)"),
     run: Optional[str] = typer.Option(None, "--run", "--run-name", "-r",
                                       help="run name under the store (spell it --run-name under torchrun, whose "
