@@ -203,6 +203,15 @@ class Loop:
         self.state = LoopState()
         self.stop: dict[str, Any] = {}
         self.resumed = False
+        self.step_time: float | None = None  # moving average of a training step's seconds
+
+    @property
+    def eval_estimate(self) -> float:
+        """Seconds an evaluation should take, before one has been timed: 2 splits x eval_iters
+        forward passes of one micro-batch, a forward being about a third of forward + backward."""
+        if self.step_time is None:
+            return 0.0
+        return 2 * self.tc.eval_iters * self.step_time / (3 * self.accum)
 
     def setup(self, prior: checkpoint.CheckpointInfo | None, resume: bool) -> None:
         runtime.seed_everything(self.tc.seed)
@@ -258,12 +267,13 @@ class Loop:
                   "tokenizer": self.ds.tokenizer.name, "resumed": self.resumed})
         t0 = time.time() - st.elapsed
         evaluated_at = st.step if self.resumed else -1  # a resumed checkpoint was evaluated when saved
-        eval_cost = 0.0
+        eval_cost: float | None = None  # measured at the first evaluation, estimated from the steps before it
         last_ckpt = None
         with stop_on_signals(self.stop):
             while True:
                 st.elapsed = time.time() - t0
-                out_of_time = tc.max_time is not None and st.elapsed + eval_cost >= tc.max_time
+                reserve = self.eval_estimate if eval_cost is None else eval_cost  # time the final eval needs
+                out_of_time = tc.max_time is not None and st.elapsed + reserve >= tc.max_time
                 done = runtime.agree_to_stop(st.step >= tc.max_iters or out_of_time or bool(self.stop),
                                              self.dist, self.device)
                 if (done or st.step % tc.eval_interval == 0) and st.step > 0 and st.step != evaluated_at:
@@ -313,6 +323,7 @@ class Loop:
         st.tokens_seen += self.tokens_per_step
         st.last_train_loss = runtime.all_reduce_mean(loss_value, self.dist, self.device)
         dt = time.time() - ts
+        self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
         tps = self.tokens_per_step / max(dt, 1e-9)
         self.emit({"event": "step", "step": st.step, "loss": st.last_train_loss, "lr": lr, "grad_norm": grad_norm,
                    "tokens_per_sec": tps, "step_time": dt, "mfu": (tps * self.flops_per_token / self.peak)

@@ -93,3 +93,16 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="nan"):
         train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True)
     assert (tmp_path / "r" / checkpoint.LAST).read_bytes() == before
+
+
+def test_a_timed_run_reserves_time_for_its_final_evaluation(tmp_path):
+    """With no evaluation before the budget runs out, the final one's cost is estimated from the step
+    time, so a 6 s run whose evaluation takes ~2 s ends near 6 s, not 8."""
+    mc, tc = resolve_config("tiny", None, dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16,
+                                               max_iters=10**6, max_time=6.0, eval_interval=10**6, eval_iters=150))
+    events = []
+    result = train(mc, tc, str(SHAKESPEARE), tmp_path / "t", tmp_path, on_event=events.append)
+    evals = [e for e in events if e["event"] == "eval"]
+    assert len(evals) == 1 and evals[0]["step"] == result.step  # the one evaluation came at the end
+    assert result.elapsed - evals[0]["elapsed"] > 0.5  # and it cost real time (150 batches x 2 splits)
+    assert result.elapsed <= 1.1 * tc.max_time, (result.elapsed, evals[0]["elapsed"])
