@@ -93,7 +93,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pos_encoding="rope"),
         "train": dict(batch_size=32, optimizer="muon", learning_rate=3e-3, min_lr=3e-4, muon_lr=0.02,
-                      max_iters=1000, warmup_iters=50),
+                      max_iters=1000, warmup_iters=50, eval_interval=200, eval_iters=20),
     },
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
