@@ -109,9 +109,12 @@ class Engine:
     @torch.inference_mode()
     def _decode_step(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.cache is not None
+        if not self.compiled:  # eager: attend over the filled slots only, no mask (measured ~10% faster on CPU)
+            logits, _ = self.model(ids[:, None], kv_cache=self.cache, last_only=True)
+            return logits[:, -1, :]
         with self.cache.static_step():
             logits = self.decode(self.model, ids[:, None], self.cache)
-        return logits.clone() if self.compiled else logits  # CUDA graphs reuse their output buffer
+        return logits.clone()  # CUDA graphs reuse their output buffer
 
     def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int,
                      last: torch.Tensor) -> torch.Tensor:
