@@ -1,5 +1,6 @@
 """Shared fixtures: the real corpora in ../shared/data, offline tiktoken, one small model trained
-for real once per test session (and its checkpoint), and a CLI runner in a subprocess."""
+for real once per test session (and its checkpoint), and CLI runners: in a subprocess, or in this
+process for cases that must cost milliseconds."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input:
     full_env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, "-m", "gptkit", *args], cwd=cwd, env=full_env, input=input,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (torch is already imported here, so each case costs milliseconds), its
+    output taken from capsys; torch's thread count is restored afterwards (sample sets it)."""
+    import torch
+
+    from gptkit.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from gptkit import runtime
 from gptkit.errors import InputError
-from tests.conftest import SHAKESPEARE, assert_one_line_error
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_here
 
 USAGE, INPUT, CKPT = 2, 3, 4  # exit codes: bad flag, bad input file or text, checkpoint
 
@@ -59,22 +59,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
         else:
             out[str(p.relative_to(root))] = (st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
-
-
-def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The CLI in this process; torch's thread count is restored (sample sets it)."""
-    from gptkit.cli import main
-
-    threads = torch.get_num_threads()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def refused(capsys, root: Path, args: list[str], code: int | None, *needles: str,

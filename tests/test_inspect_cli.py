@@ -10,26 +10,13 @@ import sys
 import pytest
 from rich.cells import cell_len
 
-from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli, run_here
 
 PROMPT = "KING RICHARD III:\nWhat says the"
 
 
 def run_inspect(trained_run, *args: str, cwd=None):
     return run_cli("inspect", *args, "--checkpoints", str(trained_run["store"]), cwd=cwd)
-
-
-def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The CLI in this process (torch is already imported here, so each case costs milliseconds)."""
-    from gptkit.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def test_inspect_help_does_not_import_torch():
