@@ -16,8 +16,11 @@ An HTML comment right before a block loosens that where training decides the num
 
 GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-iters N` becomes
 `--max-iters 40`, `gptkit train` gets `--eval-iters 5`, and `--max-positions N` (the --neighbors scan)
-becomes `--max-positions 2000`. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, which is how
-their shown outputs were made.
+becomes `--max-positions 2000`; and `gptkit`/`python` run as forked copies of one interpreter that has
+already imported torch (guide_forkserver.py: each is still its own process, with the command's argv,
+folder, environment, stdio and exit code), because importing torch took most of a fresh command's
+time. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter,
+which is how their shown outputs were made.
 """
 
 from __future__ import annotations
@@ -38,9 +41,7 @@ GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
 FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
 FAST_ITERS = 40
 FAST_POSITIONS = 2000
-PRELUDE = ('gptkit() { "$GUIDE_PYTHON" -m gptkit "$@"; }\n'
-           'python() { "$GUIDE_PYTHON" "$@"; }\n'
-           "set -o pipefail\n")
+FORKSERVER = Path(__file__).with_name("guide_forkserver.py")
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 NUMBER = re.compile(r"[-+]?\d[\d,.:]*")
@@ -165,18 +166,45 @@ def missing_lines(step: Step, output: str) -> list[str]:
     return [ln for ln in wanted if not any(line_pattern(ln, step.mode).match(a) for a in actual)]
 
 
-def run_step(step: Step, cwd: Path) -> None:
+def step_env() -> dict[str, str]:
+    """The environment a guide's commands (and the fork server) run in."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1",
+           "OMP_NUM_THREADS": "1"}  # tiny models: two threads on a busy 2-core machine run 10x slower
+    env.pop("GPTKIT_CHECKPOINTS", None)  # the guide's store is ./checkpoints
+    return env
+
+
+def prelude(python: list[str]) -> str:
+    """`gptkit` and `python` as shell functions running `python` (this interpreter, or the fork server)."""
+    py = " ".join(shlex.quote(a) for a in python)
+    return f'gptkit() {{ {py} -m gptkit "$@"; }}\npython() {{ {py} "$@"; }}\nset -o pipefail\n'
+
+
+@pytest.fixture(scope="module")
+def python_cmd(tmp_path_factory):
+    """How a step runs `python`: through a fork server in fast mode, else a fresh interpreter each time."""
+    if not FAST:
+        yield [sys.executable]
+        return
+    sock = tmp_path_factory.mktemp("forkserver") / "s"
+    server = subprocess.Popen([sys.executable, str(FORKSERVER), "serve", str(sock)], env=step_env(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n", "the guide fork server did not start"
+        yield [sys.executable, str(FORKSERVER), str(sock)]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def run_step(step: Step, cwd: Path, python: list[str]) -> None:
     """Run one step in `cwd` as a reader would; fail with the guide's line number and the output."""
     if step.kind == "file":
         (cwd / step.name).write_text(step.text, encoding="utf-8")
         return
     script = shorten(step.text) if FAST else step.text
-    env = {**os.environ, "GUIDE_PYTHON": sys.executable, "NO_COLOR": "1", "COLUMNS": "80",
-           "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1",
-           "OMP_NUM_THREADS": "1"}  # tiny models: two threads on a busy 2-core machine run 10x slower
-    env.pop("GPTKIT_CHECKPOINTS", None)  # the guide's store is ./checkpoints
-    prelude = PRELUDE + ("set -eu\n" if step.kind == "sh" else "")
-    proc = subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    head = prelude(python) + ("set -eu\n" if step.kind == "sh" else "")
+    proc = subprocess.run(["bash", "-c", head + script], cwd=cwd, env=step_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=600)
     where = f"line {step.line}: {step.text.splitlines()[0][:100]}"
     assert proc.returncode == 0, f"{where}\nexit code {proc.returncode}\n{proc.stdout[-3000:]}"
@@ -186,9 +214,32 @@ def run_step(step: Step, cwd: Path) -> None:
 
 
 @pytest.mark.parametrize("lang", sorted(GUIDES))
-def test_guide_runs_as_written(lang, tmp_path):
+def test_guide_runs_as_written(lang, tmp_path, python_cmd):
     for step in parse_guide(GUIDES[lang].read_text(encoding="utf-8")):
-        run_step(step, tmp_path)
+        run_step(step, tmp_path, python_cmd)
+
+
+PROBE = """import atexit, os, sys
+print(sys.argv[1:], os.path.basename(os.getcwd()), os.environ.get("PROBE"), sys.stdin.read().strip())
+atexit.register(print, "atexit ran")
+if sys.argv[1] == "raise":
+    raise ValueError("boom")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_commands_run_through_the_fork_server_as_through_python(python_cmd, tmp_path):
+    """Same output, exit code and error as a fresh interpreter: argv, folder, environment, stdin, atexit."""
+    (tmp_path / "probe.py").write_text(PROBE, encoding="utf-8")
+    script = 'echo in | PROBE=yes python probe.py "$1"; echo "exit $?"; python -m gptkit --version'
+    for arg in ("0", "3", "raise"):
+        fresh, served = [subprocess.run(["bash", "-c", prelude(py) + script, "bash", arg], cwd=tmp_path,
+                                        env=step_env(), capture_output=True, text=True)
+                         for py in ([sys.executable], python_cmd)]
+        assert served.stdout == fresh.stdout, arg
+        assert f"['{arg}'] {tmp_path.name} yes in\natexit ran\nexit {1 if arg == 'raise' else arg}\ngptkit " \
+            in served.stdout
+        assert served.stderr.splitlines()[-1:] == fresh.stderr.splitlines()[-1:]  # ValueError: boom
 
 
 CONCEPTS = ["token", "embedding", "softmax", "context vector", "query", "key", "value", "√d", "causal mask",
