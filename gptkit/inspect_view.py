@@ -6,11 +6,13 @@ progress bar on stderr. Heatmap cells carry their weight twice — as a colour a
 (`░▒▓█`) — so they still read with NO_COLOR or in a log file. Tokens show by their `label` (made by
 `tokenview.label`, as in `gptkit tokenize`: `<0xEB>` for a byte that is only part of a character), and
 labels are cropped and padded by terminal cells, so Hangul (two cells a character) stays aligned.
-It computes nothing.
+Column headers are a token's first character, or a byte piece's hex digits (E over B for `<0xEB>`),
+since every byte piece's label begins with `<`. It computes nothing.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ SHADES = ((0.7, "█"), (0.4, "▓"), (0.2, "▒"), (0.02, "░"))  # weight at 
 SPARK = "▁▂▃▄▅▆▇█"
 # viridis, low to high: dark violet -> blue -> green -> yellow
 STOPS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+BYTE_PIECE = re.compile(r"␣?<0x([0-9A-F]{2})>")  # a label that starts with a byte piece (after a space)
 
 
 def colour(w: float) -> str:
@@ -60,6 +63,16 @@ def fit(text: str, cells: int, right: bool = False) -> str:
     return pad + text if right else text + pad
 
 
+def column_key(label: str, cells: int) -> str:
+    """A token's column header for a column `cells` wide: a label that starts with a byte piece shows
+    its hex digits (`EB` for `<0xEB>` or `␣<0xEB>`; `0xEB` from four cells), any other label its first
+    character (all of it from four cells)."""
+    m = BYTE_PIECE.match(label)
+    if m:
+        return ("0x" if cells >= 4 else "") + m.group(1)
+    return label if cells >= 4 else label[:1]
+
+
 def label_width(labels: list[str]) -> int:
     return min(8, max(cell_len(lb) for lb in labels)) + 5  # "idx token " before the cells
 
@@ -75,7 +88,9 @@ def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
     lw = label_width(labels)
     out = Text()
     out.append(title + "\n", style="bold")
-    out.append(" " * lw + "".join(fit(lb[:1], cw) for lb in labels) + "\n", style="dim")
+    keys = [column_key(lb, cw) for lb in labels]
+    for r in range(max(len(k) for k in keys)):  # a byte's digits stacked, E over B: side by side they run together
+        out.append(" " * lw + "".join(fit(k[r:r + 1], cw) for k in keys) + "\n", style="dim")
     if any(len(lb) > 1 for lb in labels):  # multi-character tokens: number the columns too
         out.append(" " * lw + "".join(str(j % 10).ljust(cw) for j in range(T)) + "\n", style="dim")
     for i, row in enumerate(weights):
@@ -94,7 +109,7 @@ def number_matrix(weights: list[list[float]], labels: list[str], title: str) -> 
     lw = label_width(labels)
     out = Text()
     out.append(title + "\n", style="bold")
-    out.append(" " * lw + "".join(" " + fit(lb, 4, right=True) for lb in labels) + "\n", style="dim")
+    out.append(" " * lw + "".join(" " + fit(column_key(lb, 4), 4, right=True) for lb in labels) + "\n", style="dim")
     for i, row in enumerate(weights):
         out.append(row_label(i, labels[i], lw), style="dim")
         for j, w in enumerate(row):

@@ -111,11 +111,34 @@ def test_korean_labels_line_up_by_terminal_cells(korean_bpe_run):
             ["analysis"]["tokens"])
     for title in ("layer 0 head 0", "layer 0 head 0 weights"):
         start = lines.index(title) + 1
-        block = lines[start:start + n + (2 if title.endswith("0") else 1)]  # column labels (+ numbers), rows
+        block = lines[start:lines.index("", start)]  # column headers, then one row per token
         rows = block[-n:]
         assert any("고" in r for r in rows) and any("<0x" in r for r in rows)
         # every line of a map, Hangul labels or not, is as many terminal cells wide as the others
         assert len({cell_len(line) for line in block}) == 1, "\n".join(block)
+
+
+def test_byte_piece_columns_are_headed_by_their_hex_digits(korean_bpe_run, capsys):
+    """Every byte piece's label starts with `<`, so a header of first characters read `< < <`; columns
+    show the hex digits instead (E over B in a heatmap, 0xEB over the numbers)."""
+    proc = run_here(capsys, "inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--layer", "0", "--head", "0",
+                    "--numbers")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    heat = lines[lines.index("layer 0 head 0") + 1:][:3]  # tokens 5-7 are ␣<0xEB> <0xB7> <0x81>
+    assert "E B 8 " in heat[0] and "B 7 1 " in heat[1] and heat[2].strip().startswith("0 1 2"), "\n".join(heat)
+    assert "<" not in heat[0] + heat[1]
+    numbers = lines[lines.index("layer 0 head 0 weights") + 1]
+    assert " 0xEB 0xB7 0x81 " in numbers and "<" not in numbers, numbers
+
+
+def test_one_cell_columns_stack_a_bytes_hex_digits():
+    from gptkit.inspect_view import heatmap
+
+    labels = ["a", "<0xEB>", "␣<0x9C>", "고", "the"] + ["x"] * 40  # over 40 tokens: one cell a column
+    text = heatmap([[1.0] * len(labels)] * len(labels), labels, "map").plain.splitlines()
+    assert text[1].split() == ["aE9", "t" + "x" * 40] and text[2].split() == ["BC"], text[1:3]  # 고 needs 2 cells
+    assert text[1].index("E") + 1 == text[1].index("9") == text[2].index("C")  # E over B, 9 over C
 
 
 def test_byte_pieces_show_as_tokenize_shows_them(korean_bpe_run):
