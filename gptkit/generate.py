@@ -100,20 +100,24 @@ class Engine:
         self.block_size = model.config.block_size
         self.keep = max(1, min(self.block_size, keep or self.block_size // 2))
         self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
-        self.decode = decode_logits
+        # eager decoding calls the model itself; compiled decoding needs the fixed-shape step
+        self.compiled_decode = None
         if compile and self.cache is not None:
             _mark_static(self.cache)
-            self.decode = compile_decode(p.device)
-        self.compiled = self.decode is not decode_logits
+            self.compiled_decode = compile_decode(p.device)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compiled_decode is not None
 
     @torch.inference_mode()
     def _decode_step(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.cache is not None
-        if not self.compiled:  # eager: attend over the filled slots only, no mask (measured ~10% faster on CPU)
+        if self.compiled_decode is None:  # eager: attend over the filled slots only, no mask (~10% faster on CPU)
             logits, _ = self.model(ids[:, None], kv_cache=self.cache, last_only=True)
             return logits[:, -1, :]
         with self.cache.static_step():
-            logits = self.decode(self.model, ids[:, None], self.cache)
+            logits = self.compiled_decode(self.model, ids[:, None], self.cache)
         return logits.clone()  # CUDA graphs reuse their output buffer
 
     def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int,
