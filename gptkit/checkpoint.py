@@ -206,10 +206,14 @@ def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
         validate(cfg, TrainConfig())
         if approx_params(cfg) > stored:  # a damaged config must not make us build a model the file cannot fill
             raise ValueError(f"it describes ~{approx_params(cfg):,} parameters, the file holds {stored:,}")
-        with torch.device("meta"):  # shapes only: nothing is allocated until they match the file
-            expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items() if k != "lm_head.weight"}
+        if cfg.pos_encoding == "rope" and cfg.block_size * cfg.head_dim > stored:  # the rotary tables' size
+            raise ValueError(f"its rotary tables for block_size {cfg.block_size:,} outweigh the file's {stored:,} weights")
+        # built for real, not on the meta device: initialising meta tensors imports torch._dynamo,
+        # 1.2 s of every `sample` and `inspect` start; the check above keeps the size to the file's
+        model = GPT(cfg)
     except (GptkitError, TypeError, ValueError, ArithmeticError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"{str(info.path)!r} has an unusable model_config ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(declared))
     unexpected = sorted(set(declared) - set(expected))
     if missing or unexpected:
@@ -218,7 +222,6 @@ def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
     for k, shape in declared.items():
         if shape != expected[k]:
             raise CheckpointError(f"{str(info.path)!r}: tensor {k} has shape {shape}, config needs {expected[k]}")
-    model = GPT(cfg)
     model.load_state_dict(load_tensors(info, "model."), strict=False)  # strict=False: lm_head is tied to wte
     return model.to(device)
 

@@ -85,6 +85,8 @@ def _header_bytes(path):
     ("newer", "newer"),
     ("nometa", "lacks metadata"),
     ("empty", "too short"),
+    ("huge", "unusable model_config"),  # 10^9 layers: refused before anything is built
+    ("hugerope", "rotary tables"),  # a rotary table of 10^9 positions would need ~128 GB
 ])
 def test_damaged_checkpoints_raise_one_clear_error(tmp_path, trained_run, damage, needle):
     src = trained_run["run_dir"] / checkpoint.BEST
@@ -97,11 +99,16 @@ def test_damaged_checkpoints_raise_one_clear_error(tmp_path, trained_run, damage
         bad.write_bytes(data[:8] + b"\xff\xfe" + data[10:])
     elif damage == "pickle":
         bad.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle stream's opening bytes
-    elif damage in ("newer", "nometa"):
+    elif damage in ("newer", "nometa", "huge", "hugerope"):
+        meta = header["__metadata__"]
         if damage == "newer":
-            header["__metadata__"]["format_version"] = "99"
+            meta["format_version"] = "99"
+        elif damage == "nometa":
+            del meta["tokenizer"]
         else:
-            del header["__metadata__"]["tokenizer"]
+            cfg = json.loads(meta["model_config"])
+            cfg.update(n_layer=10**9) if damage == "huge" else cfg.update(block_size=10**9, pos_encoding="rope")
+            meta["model_config"] = json.dumps(cfg)
         raw = json.dumps(header).encode()
         raw += b" " * (-len(raw) % 8)
         bad.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
