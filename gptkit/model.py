@@ -55,11 +55,14 @@ class KVCache:
             self.k[layer].index_copy_(2, self.step_pos, k)
             self.v[layer].index_copy_(2, self.step_pos, v)
             return self.k[layer], self.v[layer], self.mask
-        B, T = k.size(0), k.size(2)
-        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must slide the window"
-        self.k[layer, :, :, self.pos:self.pos + T] = k  # broadcasts a batch-1 prefill over every row
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        return self.k[layer, :B, :, :self.pos + T], self.v[layer, :B, :, :self.pos + T], None
+        B, end = k.size(0), self.pos + k.size(2)
+        assert end <= self.max_len, "KV cache overflow: the caller must slide the window"
+        keys, values = self.k[layer], self.v[layer]  # (B_max, nh, max_len, hs)
+        keys[:, :, self.pos:end] = k  # broadcasts a batch-1 prefill over every row
+        values[:, :, self.pos:end] = v
+        if B < keys.size(0):
+            keys, values = keys[:B], values[:B]
+        return keys[:, :, :end], values[:, :, :end], None
 
     def advance(self, n: int) -> None:
         self.mask[:, self.pos:self.pos + n] = 0.0
@@ -115,6 +118,47 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
     return weights @ v, weights  # (B, nh, T, hs), (B, nh, T, S)
 
 
+DECODE_ROWS = 64  # Linear's split path serves up to this many rows (decode steps, short prompts)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, plus one path for decoding on a multi-core CPU.
+
+    A decode step multiplies a few rows (one new token per sample) by each weight: a
+    matrix-vector product, which MKL runs on one core however many threads torch has, so a
+    batch-1 token on 2 cores took as long as on one. Here the weight's rows are cut into one
+    slice per thread and multiplied as a batch (`bmm` runs the slices in parallel), with no copy
+    of the weight. The result is the same to fp32 rounding. Training (autograd), compiled graphs,
+    GPUs and long inputs take the ordinary `F.linear`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not torch.compiler.is_compiling() and x.is_cpu and not torch.is_grad_enabled()
+                and x.numel() <= DECODE_ROWS * self.in_features and self.weight.is_contiguous()):
+            threads = torch.get_num_threads()
+            if threads > 1:
+                return split_linear(x, self.weight, self.bias, threads)
+        return F.linear(x, self.weight, self.bias)
+
+
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> torch.Tensor:
+    """x @ weight.T + bias with weight's output rows cut into `parts` slices multiplied as one batch."""
+    n_out, n_in = weight.shape
+    rows, per = x.numel() // n_in, n_out // parts
+    if per == 0:
+        return F.linear(x, weight, bias)
+    even = parts * per
+    w, b = (weight, bias) if even == n_out else (weight[:even], None if bias is None else bias[:even])
+    xs = x.reshape(1, rows, n_in).expand(parts, rows, n_in)
+    slices = w.view(parts, per, n_in).transpose(1, 2)  # (parts, in, per), a view of the weight
+    y = torch.bmm(xs, slices) if b is None else torch.baddbmm(b.view(parts, 1, per), xs, slices)  # (parts, rows, per)
+    y = y.view(1, even) if rows == 1 else y.transpose(0, 1).reshape(rows, even)  # back in row order
+    if even < n_out:  # the rows left over when the width does not divide evenly
+        rest = F.linear(x.reshape(rows, n_in), weight[even:], None if bias is None else bias[even:])
+        y = torch.cat([y, rest], dim=1)
+    return y.view(*x.shape[:-1], n_out)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused Q/K/V projections."""
 
@@ -123,8 +167,8 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
         self.rope = cfg.pos_encoding == "rope"
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V projections
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # output projection
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V projections
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # output projection
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.use_manual = False  # True: masked-softmax path (slower; for teaching and checks)
         self.last_weights: torch.Tensor | None = None  # set when called with keep_weights=True
@@ -168,9 +212,9 @@ class MLP(nn.Module):
         self.swiglu = cfg.mlp == "swiglu"
         # SwiGLU has three matrices, so ~8/3 width keeps the parameter count of GPT-2's 4x MLP
         hidden = 4 * cfg.n_embd if not self.swiglu else 8 * ((8 * cfg.n_embd // 3 + 7) // 8)
-        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if self.swiglu else None
-        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_fc = Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_gate = Linear(cfg.n_embd, hidden, bias=cfg.bias) if self.swiglu else None
+        self.c_proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +261,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         if cfg.pos_encoding == "rope":
             cos, sin = rope_tables(cfg.head_dim, cfg.block_size)

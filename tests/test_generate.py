@@ -199,3 +199,18 @@ def test_compiled_decode_step_on_cpu_matches_eager(char_model):
     ids_e, logits_e = run(Engine(model), prompt, 90)
     assert torch.equal(ids_c, ids_e)
     assert max((a - b).abs().max().item() for a, b in zip(logits_c, logits_e, strict=True)) < 1e-4
+
+
+def test_decoding_on_two_threads_gives_the_one_thread_text(char_model):
+    """Two threads split each decode step's matrix-vector products (model.Linear); the text must not change."""
+    from tests.test_model import torch_threads
+
+    model, tok = char_model
+    prompt, params = tok.encode("ROMEO:"), SamplingParams(temperature=0.8, top_k=30)
+    results = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            results[threads] = run(Engine(model, num_samples=3), prompt, 150, params, seed=11)
+    (ids_1, logits_1), (ids_2, logits_2) = results[1], results[2]
+    assert torch.equal(ids_1, ids_2)
+    assert all(torch.allclose(a, b, atol=2e-5, rtol=1e-5) for a, b in zip(logits_1, logits_2, strict=True))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
-from gptkit.model import GPT, KVCache, manual_attention
+from gptkit.model import DECODE_ROWS, GPT, KVCache, Linear, manual_attention, split_linear
 
 SWITCHES = [dict(), dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
             dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)]
@@ -95,3 +97,46 @@ def test_loss_at_init_is_about_ln_vocab():
     idx, targets = torch.randint(0, 50, (2, 8, 24)).unbind(0)
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(50)) < 0.2
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_out", [96, 65, 7, 1])  # even, uneven (a leftover row), narrower than parts
+@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("parts", [2, 3, 8])
+def test_split_linear_equals_linear(n_out, rows, parts):
+    torch.manual_seed(n_out + rows)
+    weight, bias, x = torch.randn(n_out, 48), torch.randn(n_out), torch.randn(rows, 1, 48)
+    for b in (bias, None):
+        got = split_linear(x, weight, b, parts)
+        assert got.shape == (rows, 1, n_out)
+        assert torch.allclose(got, F.linear(x, weight, b), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_splits_only_small_inference_inputs_on_several_threads(monkeypatch):
+    import gptkit.model as model_module
+
+    parts: list[int] = []
+    real = model_module.split_linear
+    monkeypatch.setattr(model_module, "split_linear", lambda x, w, b, p: parts.append(p) or real(x, w, b, p))
+    layer = Linear(32, 96)
+    one, many = torch.randn(1, 1, 32), torch.randn(1, DECODE_ROWS + 1, 32)
+    with torch_threads(2):
+        with torch.no_grad():
+            expected = F.linear(one, layer.weight, layer.bias)
+            assert torch.allclose(layer(one), expected, atol=1e-6) and parts == [2]  # a decode step
+            layer(many)  # a long prompt: one ordinary matrix product
+        y = layer(one)  # training: autograd takes F.linear, and gradients flow
+        y.sum().backward()
+        assert layer.weight.grad is not None and parts == [2]
+    with torch_threads(1), torch.no_grad():
+        layer(one)
+    assert parts == [2]
