@@ -11,7 +11,7 @@ Prints, measured in one run so the ratios hold on a noisy machine:
      texts agree and how far the logits drift.
 Random weights: speed does not depend on them.
 
-    python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--threads 1] [--dtype bfloat16] [--compile]
+    python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--threads N] [--dtype bfloat16] [--compile]
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="bfloat16 also runs the bf16 vs fp32 comparison")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for every path (gptkit sample's default: 1)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="CPU threads for every path, transformers' included (default: all cores, which is "
+                         "what gptkit sample takes on an idle machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
