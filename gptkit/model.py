@@ -8,6 +8,8 @@ Differences from GPT-2 are switches in `ModelConfig`, all off by default: rotary
 (`pos_encoding="rope"`), RMSNorm (`norm="rmsnorm"`) and a SwiGLU feed-forward (`mlp="swiglu"`).
 Dropout is applied to the embeddings and the residual branches but never to the attention
 probabilities, so PyTorch's fused (flash) SDPA kernel stays usable on CPU and GPU alike.
+The projections are `Linear`: `nn.Linear` plus a path that spreads a decode step's
+matrix-vector products over the CPU's threads.
 """
 
 from __future__ import annotations
