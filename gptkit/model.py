@@ -135,8 +135,9 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.compiler.is_compiling() and x.is_cpu and not torch.is_grad_enabled()
-                and x.numel() <= DECODE_ROWS * self.in_features and self.weight.is_contiguous()):
+        # the cheap tests first: this runs for every projection of every token
+        if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features \
+                and not torch.compiler.is_compiling():
             threads = torch.get_num_threads()
             if threads > 1:
                 return split_linear(x, self.weight, self.bias, threads)
@@ -146,15 +147,17 @@ class Linear(nn.Linear):
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> torch.Tensor:
     """x @ weight.T + bias with weight's output rows cut into `parts` slices multiplied as one batch."""
     n_out, n_in = weight.shape
-    rows, per = x.numel() // n_in, n_out // parts
-    if per == 0:
+    per = n_out // parts
+    if per == 0 or not weight.is_contiguous():
         return F.linear(x, weight, bias)
-    even = parts * per
+    rows, even = x.numel() // n_in, parts * per
     w, b = (weight, bias) if even == n_out else (weight[:even], None if bias is None else bias[:even])
     xs = x.reshape(1, rows, n_in).expand(parts, rows, n_in)
     slices = w.view(parts, per, n_in).transpose(1, 2)  # (parts, in, per), a view of the weight
     y = torch.bmm(xs, slices) if b is None else torch.baddbmm(b.view(parts, 1, per), xs, slices)  # (parts, rows, per)
-    y = y.view(1, even) if rows == 1 else y.transpose(0, 1).reshape(rows, even)  # back in row order
+    if even == n_out and rows == 1:
+        return y.view(*x.shape[:-1], n_out)  # one row: the slices already lie in order
+    y = y.transpose(0, 1).reshape(rows, even)  # back in row order
     if even < n_out:  # the rows left over when the width does not divide evenly
         rest = F.linear(x.reshape(rows, n_in), weight[even:], None if bias is None else bias[even:])
         y = torch.cat([y, rest], dim=1)
@@ -203,7 +206,8 @@ class CausalSelfAttention(nn.Module):
             allowed = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=offset)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y  # dropout only while training
 
 
 class MLP(nn.Module):
@@ -224,7 +228,8 @@ class MLP(nn.Module):
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
             h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's GELU
-        return self.dropout(self.c_proj(h))
+        h = self.c_proj(h)
+        return self.dropout(h) if self.training else h
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -297,7 +302,7 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:
             pos = torch.arange(start, start + idx.size(1), device=idx.device)
             x = x + self.transformer.wpe(pos)
-        return self.transformer.drop(x)
+        return self.transformer.drop(x) if self.training else x
 
     def rope_for(self, start: int, length: int):
         if self.config.pos_encoding != "rope":
