@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gptkit.errors import UsageError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -62,6 +64,18 @@ def probe_writable(path: Path) -> None:
             return
     with tempfile.TemporaryFile(dir=path.parent):
         pass
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail before any work, not after it, when an output file named by `flag` cannot be written."""
+    try:
+        probe_writable(path)
+    except OSError as e:
+        raise cannot_write(path, e, flag) from None
+
+
+def cannot_write(path: Path, e: OSError, flag: str) -> UsageError:
+    return UsageError(f"cannot write {str(path)!r} ({e.strerror or e}); choose another {flag}")
 
 
 def clean_stale_temps(folder: Path) -> None:

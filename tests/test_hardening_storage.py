@@ -104,9 +104,25 @@ def test_oversized_header_is_refused_before_reading_it(work):
 
 def test_directory_as_an_output_file(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
-    refused(capsys, work, ["tokenize", "hello", "--save-tokenizer", "adir"], INPUT, "adir", "directory")
+    refused(capsys, work, ["tokenize", "hello", "--save-tokenizer", "adir"], USAGE, "adir", "directory",
+            "--save-tokenizer")
     # checked before any work: nothing of the view is printed
     refused(capsys, work, ["inspect", RUN, "--save", "adir/x/view.svg"], USAGE, "cannot write", "--save")
+
+
+def test_tokenizer_file_is_checked_before_a_bpe_is_trained(work, capsys, monkeypatch):
+    """An unwritable --save-tokenizer used to fail only after the whole bpe training."""
+    import gptkit.tokenizer
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the bpe was trained before --save-tokenizer was checked")
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(gptkit.tokenizer, "train_bpe_from_chunks", trained)
+    for args in (["tokenize", "--count", "--file", "tiny.txt", "-t", "bpe"],
+                 ["tokenize", "tiny.txt", "--out", "ds-bpe", "-t", "bpe"]):
+        refused(capsys, work, [*args, "--save-tokenizer", "no/such/folder/tok.json"], USAGE,
+                "cannot write", "no/such/folder/tok.json", "--save-tokenizer")
 
 
 def drop_root_override() -> None:

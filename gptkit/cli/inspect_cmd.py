@@ -10,6 +10,7 @@ import typer
 
 from gptkit.cli.app import app, handle_errors
 from gptkit.errors import UsageError
+from gptkit.fsio import cannot_write, check_output_file
 
 SAVE_KINDS = (".svg", ".html")
 
@@ -33,21 +34,7 @@ def check_options(prompt: str | None, top_k: int, layer: int | None, head: int |
     if save is not None:
         if save.suffix.lower() not in SAVE_KINDS:
             raise UsageError(f"--save writes .svg or .html, not {save.name!r}")
-        check_save_path(save)
-
-
-def check_save_path(path: Path) -> None:
-    """Fail before any work, not after printing the whole view, when --save cannot write its file."""
-    from gptkit.fsio import probe_writable
-
-    try:
-        probe_writable(path)
-    except OSError as e:
-        raise cannot_write(path, e) from None
-
-
-def cannot_write(path: Path, e: OSError) -> UsageError:
-    return UsageError(f"cannot write {str(path)!r} ({e.strerror or e}); choose another --save FILE")
+        check_output_file(save, "--save FILE")
 
 
 def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) -> None:
@@ -147,4 +134,4 @@ def _save(path: Path, view: dict[str, Any], n_tokens: int) -> None:
         else:
             console.save_html(str(path))
     except OSError as e:
-        raise cannot_write(path, e) from None
+        raise cannot_write(path, e, "--save FILE") from None

@@ -20,6 +20,7 @@ import typer
 from gptkit.cli.app import app, handle_errors
 from gptkit.config import TrainConfig
 from gptkit.errors import InputError, UsageError
+from gptkit.fsio import check_output_file
 
 _MODES = ("ids", "json", "count", "decode", "compare", "out")
 _TRAINED = ("char", "bpe")  # tokenizers that learn from text
@@ -146,6 +147,8 @@ def tokenize_command(
         modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
                  "compare": compare is not None, "out": out is not None}
         mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction, vocab_size)
+        if save_tokenizer is not None:  # before a bpe is trained or a corpus encoded, not after
+            check_output_file(save_tokenizer, "--save-tokenizer FILE")
         train_text = None
         if train_file is not None:
             from gptkit.corpus import read_text
