@@ -74,7 +74,8 @@ def column_key(label: str, cells: int) -> str:
 
 
 def label_width(labels: list[str]) -> int:
-    return min(8, max(cell_len(lb) for lb in labels)) + 5  # "idx token " before the cells
+    # up to 12 cells: two byte pieces (<0xEC><0x9D>) or six Hangul syllables before a label is cropped
+    return min(12, max(cell_len(lb) for lb in labels)) + 5  # "idx token " before the cells
 
 
 def row_label(i: int, label: str, width: int) -> str:
@@ -84,11 +85,12 @@ def row_label(i: int, label: str, width: int) -> str:
 def heatmap(weights: list[list[float]], labels: list[str], title: str) -> Text:
     """Query rows x key columns; cells above the diagonal (the future, masked) show as a dim dot."""
     T = len(labels)
-    cw = 2 if T <= 40 else 1
+    keys = [column_key(lb, 2) for lb in labels]
+    # one cell a column past 40 tokens, unless a header is a wide character (Hangul): it would show blank
+    cw = 2 if T <= 40 or any(cell_len(k[:1]) > 1 for k in keys) else 1
     lw = label_width(labels)
     out = Text()
     out.append(title + "\n", style="bold")
-    keys = [column_key(lb, cw) for lb in labels]
     for r in range(max(len(k) for k in keys)):  # a byte's digits stacked, E over B: side by side they run together
         out.append(" " * lw + "".join(fit(k[r:r + 1], cw) for k in keys) + "\n", style="dim")
     if any(len(lb) > 1 for lb in labels):  # multi-character tokens: number the columns too

@@ -135,10 +135,23 @@ def test_byte_piece_columns_are_headed_by_their_hex_digits(korean_bpe_run, capsy
 def test_one_cell_columns_stack_a_bytes_hex_digits():
     from gptkit.inspect_view import heatmap
 
-    labels = ["a", "<0xEB>", "␣<0x9C>", "고", "the"] + ["x"] * 40  # over 40 tokens: one cell a column
+    labels = ["a", "<0xEB>", "␣<0x9C>", "the"] + ["x"] * 40  # over 40 tokens: one cell a column
     text = heatmap([[1.0] * len(labels)] * len(labels), labels, "map").plain.splitlines()
-    assert text[1].split() == ["aE9", "t" + "x" * 40] and text[2].split() == ["BC"], text[1:3]  # 고 needs 2 cells
+    assert text[1].split() == ["aE9t" + "x" * 40] and text[2].split() == ["BC"], text[1:3]
     assert text[1].index("E") + 1 == text[1].index("9") == text[2].index("C")  # E over B, 9 over C
+
+
+def test_hangul_keeps_two_cell_columns_and_labels_show_two_byte_pieces():
+    """Past 40 tokens columns shrink to one cell, where a Hangul header would show blank: a map with
+    one keeps two cells a column. Row labels show up to 12 cells: <0xEC><0x9D> whole."""
+    from gptkit.inspect_view import heatmap
+
+    labels = ["a", "고", "<0xEC><0x9D>", "양이"] + ["x"] * 40
+    text = heatmap([[1.0] * len(labels)] * len(labels), labels, "map").plain.splitlines()
+    assert text[1].lstrip().startswith("a 고E 양x x "), text[1]  # two cells a column: 고 fills its own
+    rows = text[-len(labels):]
+    assert rows[2].split()[:2] == ["2", "<0xEC><0x9D>"] and rows[3].split()[:2] == ["3", "양이"], rows[2:4]
+    assert len({cell_len(r) for r in rows}) == 1  # every row as many cells wide
 
 
 def test_byte_pieces_show_as_tokenize_shows_them(korean_bpe_run):
