@@ -204,14 +204,18 @@ class Loop:
         self.stop: dict[str, Any] = {}
         self.resumed = False
         self.step_time: float | None = None  # moving average of a training step's seconds
+        self.warm = False  # the first step in a process (allocation, lazy init) is not timed
 
     @property
     def eval_estimate(self) -> float:
         """Seconds an evaluation should take, before one has been timed: 2 splits x eval_iters
-        forward passes of one micro-batch, a forward being about a third of forward + backward."""
+        forward passes of one micro-batch, a forward being about a third of forward + backward.
+        At most a quarter of a --max-time budget: a guess from a few steps timed on a busy machine
+        must not end a timed run before it has trained."""
         if self.step_time is None:
             return 0.0
-        return 2 * self.tc.eval_iters * self.step_time / (3 * self.accum)
+        guess = 2 * self.tc.eval_iters * self.step_time / (3 * self.accum)
+        return guess if self.tc.max_time is None else min(guess, self.tc.max_time / 4)
 
     def setup(self, prior: checkpoint.CheckpointInfo | None, resume: bool) -> None:
         runtime.seed_everything(self.tc.seed)
@@ -323,7 +327,9 @@ class Loop:
         st.tokens_seen += self.tokens_per_step
         st.last_train_loss = runtime.all_reduce_mean(loss_value, self.dist, self.device)
         dt = time.time() - ts
-        self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+        if self.warm:
+            self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+        self.warm = True
         tps = self.tokens_per_step / max(dt, 1e-9)
         self.emit({"event": "step", "step": st.step, "loss": st.last_train_loss, "lr": lr, "grad_norm": grad_norm,
                    "tokens_per_sec": tps, "step_time": dt, "mfu": (tps * self.flops_per_token / self.peak)

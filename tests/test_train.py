@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -93,6 +94,29 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="nan"):
         train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True)
     assert (tmp_path / "r" / checkpoint.LAST).read_bytes() == before
+
+
+def test_a_slow_first_step_does_not_end_a_timed_run(tmp_path, monkeypatch):
+    """The first step of a process is slow (allocation, lazy init; more so on a busy machine). Timed
+    into the reserve for the final evaluation, 2 s x 150 batches once ended the quick start's 60-s run
+    after its first step: the first step is not timed, and a guessed reserve is at most a quarter of
+    the budget."""
+    import gptkit.train
+
+    real, calls = gptkit.train.get_batch, []
+
+    def first_batch_slow(*args, **kwargs):  # inside the timed step
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gptkit.train, "get_batch", first_batch_slow)
+    mc, tc = resolve_config("tiny", None, dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16,
+                                               max_iters=10**6, max_time=8.0, eval_interval=10**6, eval_iters=150))
+    result = train(mc, tc, str(SHAKESPEARE), tmp_path / "t", tmp_path)
+    assert result.step > 20, result.step  # it trained through its budget, not one step
+    assert result.elapsed <= 1.25 * tc.max_time, result.elapsed
 
 
 def test_a_timed_run_reserves_time_for_its_final_evaluation(tmp_path):
