@@ -76,3 +76,21 @@ def test_non_utf8_error_names_the_byte_offset(tmp_path):
 def test_korean_prompt_on_a_char_model_without_hangul(tmp_path, trained_run):
     proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt", "안녕", cwd=tmp_path)
     assert_one_line_error(proc, "안")
+
+
+def test_train_help_states_the_defaults_a_cpu_gets():
+    """Without --preset a CPU trains `quick`, so `--batch-size [default: 12]` (the dataclass's) was wrong."""
+    import typer
+
+    from gptkit.cli import app
+    from gptkit.config import PRESETS, resolve_config
+
+    train = typer.main.get_command(app).commands["train"]
+    helps = {p.name: p.help for p in train.params if p.help}
+    mc, tc = resolve_config(None, None, {}, device_type="cpu")  # what a CPU run actually uses
+    for name in ("batch_size", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer"):
+        value = getattr(tc, name, getattr(mc, name, None))
+        assert f"[default: {value} on CPU (quick preset)" in helps[name], helps[name]
+    assert helps["pos_encoding"].endswith("else learned]")  # only quick changes it
+    assert "unless --preset baby sets it" in helps["dropout"] and "baby" in PRESETS
+    assert helps["norm"].endswith("[default: layernorm]")  # no preset sets it

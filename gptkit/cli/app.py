@@ -74,6 +74,24 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(0) from None
 
 
+def preset_default(name: str, default: Any) -> str:
+    """A setting's default as --help should state it: a preset overrides the dataclass default, and
+    without --preset a CPU gets `quick`, so `--batch-size [default: 12]` would be wrong there."""
+    from gptkit.config import DEVICE_PRESETS, PRESETS
+
+    cpu = DEVICE_PRESETS["cpu"]
+    setters = [p for p, parts in PRESETS.items() if name in parts["model"] or name in parts["train"]]
+    if not setters:
+        return str(default)
+    if cpu in setters:
+        value = {**PRESETS[cpu]["model"], **PRESETS[cpu]["train"]}[name]
+        if value == default and len(setters) == 1:
+            return str(default)
+        others = "other presets set their own" if len(setters) > 1 else f"else {default}"
+        return f"{value} on CPU ({cpu} preset); {others}"
+    return f"{default}, unless --preset {'/'.join(setters)} sets it"
+
+
 def config_options(cls: type, panel: str, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """One keyword option per dataclass field: `n_layer` -> `--n-layer`, help from the field's doc.
     All default to None, meaning "not given", so presets and config files keep their values."""
@@ -83,7 +101,7 @@ def config_options(cls: type, panel: str, skip: tuple[str, ...] = ()) -> list[in
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} [default: {default}]"
+        help_text = f"{f.metadata.get('help', '')} [default: {preset_default(f.name, default)}]"
         kind = str(f.type)
         if kind.startswith("bool"):
             annotation: Any = Optional[bool]
