@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
-from gptkit.model import DECODE_ROWS, GPT, KVCache, Linear, manual_attention, split_linear
+from gptkit.model import DECODE_ROWS, GPT, KVCache, Linear, SplitWeight, manual_attention, split_linear
 
 SWITCHES = [dict(), dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
             dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)]
@@ -122,11 +122,9 @@ def test_split_linear_equals_linear(n_out, rows, parts):
 
 
 def test_linear_splits_only_small_inference_inputs_on_several_threads(monkeypatch):
-    import gptkit.model as model_module
-
     parts: list[int] = []
-    real = model_module.split_linear
-    monkeypatch.setattr(model_module, "split_linear", lambda x, w, b, p: parts.append(p) or real(x, w, b, p))
+    real = SplitWeight.__call__
+    monkeypatch.setattr(SplitWeight, "__call__", lambda self, x: parts.append(self.parts) or real(self, x))
     layer = Linear(32, 96)
     one, many = torch.randn(1, 1, 32), torch.randn(1, DECODE_ROWS + 1, 32)
     with torch_threads(2):
@@ -140,3 +138,21 @@ def test_linear_splits_only_small_inference_inputs_on_several_threads(monkeypatc
     with torch_threads(1), torch.no_grad():
         layer(one)
     assert parts == [2]
+
+
+def test_linear_follows_its_weights_when_they_change():
+    """The split views are kept between calls: they must follow weights loaded in place, a dtype change,
+    a new tensor, and a new thread count."""
+    layer, x = Linear(32, 96), torch.randn(1, 1, 32)
+    with torch_threads(2), torch.no_grad():
+        layer(x)
+        layer.load_state_dict({"weight": torch.randn(96, 32), "bias": torch.randn(96)})  # copied in place
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5)
+        layer.weight.data = torch.randn(96, 32)  # a new tensor
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5)
+        layer.double()
+        assert layer(x.double()).dtype == torch.float64
+        assert torch.allclose(layer(x.double()), F.linear(x.double(), layer.weight, layer.bias))
+    with torch_threads(3), torch.no_grad():
+        assert torch.allclose(layer(x.double()), F.linear(x.double(), layer.weight, layer.bias))
+        assert layer._slices.parts == 3
