@@ -159,7 +159,7 @@ def stats_line(result: Any) -> str:
 
 def decode_threads(at_start: cpuload.CpuSample, most: int) -> int:
     """--threads' default: the CPUs that other processes left free while we started (torch's own
-    default at most). Two threads decode 10-30% faster than one on an idle 2-core machine but ~3x
+    default at most). Two threads decode 10-75% faster than one on an idle 2-core machine but ~3x
     slower when another process keeps a core busy; one thread where the load cannot be read."""
     free = cpuload.free_cpus(at_start, cpuload.sample())
     return 1 if free is None else max(1, min(free, most))
