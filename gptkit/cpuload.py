@@ -1,7 +1,7 @@
 """How many CPUs other processes leave free: `gptkit sample`'s default thread count.
 
 Decoding a token is a chain of small ops. On an idle 2-core machine two threads decode ~20% faster
-than one (the matrix-vector products are split across them, see `model.Linear`); but when another
+than one (the matrix-vector products are split across them, see `linear.Linear`); but when another
 process keeps a core busy, every parallel op waits for the second thread to be scheduled and two
 threads ran ~3x slower than one. So `gptkit sample` measures, over its own start-up (imports and
 checkpoint loading, about a second), how busy the CPUs it may run on were with other processes'

@@ -8,7 +8,7 @@ Differences from GPT-2 are switches in `ModelConfig`, all off by default: rotary
 (`pos_encoding="rope"`), RMSNorm (`norm="rmsnorm"`) and a SwiGLU feed-forward (`mlp="swiglu"`).
 Dropout is applied to the embeddings and the residual branches but never to the attention
 probabilities, so PyTorch's fused (flash) SDPA kernel stays usable on CPU and GPU alike.
-The projections are `Linear`: `nn.Linear` plus a path that spreads a decode step's
+The projections are `linear.Linear`: `nn.Linear` plus a path that spreads a decode step's
 matrix-vector products over the CPU's threads.
 """
 
@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
+from gptkit.linear import Linear
 
 
 class KVCache:
@@ -118,77 +119,6 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
         att = att.masked_fill(future, float("-inf"))  # a token must not see the tokens after it
     weights = F.softmax(att.float(), dim=-1).to(q.dtype)
     return weights @ v, weights  # (B, nh, T, hs), (B, nh, T, S)
-
-
-DECODE_ROWS = 64  # Linear's split path serves up to this many rows (decode steps, short prompts)
-
-
-class Linear(nn.Linear):
-    """nn.Linear, plus one path for decoding on a multi-core CPU.
-
-    A decode step multiplies a few rows (one new token per sample) by each weight: a
-    matrix-vector product, which MKL runs on one core however many threads torch has, so a
-    batch-1 token on 2 cores took as long as on one. Here the weight's rows are cut into one
-    slice per thread and multiplied as a batch (`bmm` runs the slices in parallel), with no copy
-    of the weight. The result is the same to fp32 rounding. Training (autograd), compiled graphs,
-    GPUs and long inputs take the ordinary `F.linear`.
-    """
-
-    _slices: SplitWeight | None = None  # the views split_linear needs, kept while the weight stays put
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the cheap tests first: this runs for every projection of every token
-        if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features \
-                and not torch.compiler.is_compiling():
-            parts = torch.get_num_threads()
-            if parts > 1:
-                split = self._slices
-                if split is None or not split.fits(self.weight, self.bias, parts):
-                    split = self._slices = SplitWeight(self.weight, self.bias, parts)
-                return split(x)
-        return F.linear(x, self.weight, self.bias)
-
-
-class SplitWeight:
-    """A weight (out, in) seen as `parts` slices of its output rows, (parts, in, out/parts), and its
-    bias as (parts, 1, out/parts): views, no copies. Rows left over when `parts` does not divide the
-    width are multiplied on their own."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> None:
-        n_out, n_in = weight.shape
-        self.key = (parts, weight.data_ptr(), weight.dtype, None if bias is None else bias.data_ptr())
-        self.parts, self.n_in, self.n_out = parts, n_in, n_out
-        per = n_out // parts
-        self.even = parts * per
-        self.weight, self.bias = weight, bias
-        self.slices = weight[:self.even].view(parts, per, n_in).transpose(1, 2) if per else None
-        self.bias_slices = bias[:self.even].view(parts, 1, per) if per and bias is not None else None
-
-    def fits(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> bool:
-        return self.key == (parts, weight.data_ptr(), weight.dtype, None if bias is None else bias.data_ptr())
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.slices is None or not self.weight.is_contiguous():
-            return F.linear(x, self.weight, self.bias)
-        rows = x.numel() // self.n_in
-        xs = x.reshape(1, rows, self.n_in).expand(self.parts, rows, self.n_in)
-        if self.bias_slices is None:
-            y = torch.bmm(xs, self.slices)  # (parts, rows, out/parts)
-        else:
-            y = torch.baddbmm(self.bias_slices, xs, self.slices)
-        if self.even == self.n_out and rows == 1:
-            return y.view(*x.shape[:-1], self.n_out)  # one row: the slices already lie in order
-        y = y.transpose(0, 1).reshape(rows, self.even)  # back in row order
-        if self.even < self.n_out:  # the rows left over when the width does not divide evenly
-            rest = F.linear(x.reshape(rows, self.n_in), self.weight[self.even:],
-                            None if self.bias is None else self.bias[self.even:])
-            y = torch.cat([y, rest], dim=1)
-        return y.view(*x.shape[:-1], self.n_out)
-
-
-def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> torch.Tensor:
-    """x @ weight.T + bias with weight's output rows cut into `parts` slices multiplied as one batch."""
-    return SplitWeight(weight, bias, parts)(x)
 
 
 class CausalSelfAttention(nn.Module):

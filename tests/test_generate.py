@@ -202,7 +202,7 @@ def test_compiled_decode_step_on_cpu_matches_eager(char_model):
 
 
 def test_decoding_on_two_threads_gives_the_one_thread_text(char_model):
-    """Two threads split each decode step's matrix-vector products (model.Linear); the text must not change."""
+    """Two threads split each decode step's matrix-vector products (linear.Linear); the text must not change."""
     from tests.test_model import torch_threads
 
     model, tok = char_model

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
-from gptkit.model import DECODE_ROWS, GPT, KVCache, Linear, SplitWeight, manual_attention, split_linear
+from gptkit.linear import DECODE_ROWS, Linear, SplitWeight, split_linear
+from gptkit.model import GPT, KVCache, manual_attention
 
 SWITCHES = [dict(), dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
             dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)]
