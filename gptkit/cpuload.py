@@ -1,6 +1,6 @@
 """How many CPUs other processes leave free: `gptkit sample`'s default thread count.
 
-Decoding a token is a chain of small ops. On an idle 2-core machine two threads decode ~20% faster
+Decoding a token is a chain of small ops. On an idle 2-core machine two threads decode 10-75% faster
 than one (the matrix-vector products are split across them, see `linear.Linear`); but when another
 process keeps a core busy, every parallel op waits for the second thread to be scheduled and two
 threads ran ~3x slower than one. So `gptkit sample` measures, over its own start-up (imports and
