@@ -49,19 +49,25 @@ class SplitWeight:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> None:
         n_out, n_in = weight.shape
-        self.key = (parts, weight.data_ptr(), weight.dtype, None if bias is None else bias.data_ptr())
+        self.key = self.key_of(weight, bias, parts)
         self.parts, self.n_in, self.n_out = parts, n_in, n_out
         per = n_out // parts
         self.even = parts * per
         self.weight, self.bias = weight, bias
-        self.slices = weight[:self.even].view(parts, per, n_in).transpose(1, 2) if per else None
-        self.bias_slices = bias[:self.even].view(parts, 1, per) if per and bias is not None else None
+        usable = per > 0 and weight.is_contiguous()  # a strided weight has no slice views: F.linear
+        self.slices = weight[:self.even].view(parts, per, n_in).transpose(1, 2) if usable else None
+        self.bias_slices = bias[:self.even].view(parts, 1, per) if usable and bias is not None else None
+
+    @staticmethod
+    def key_of(weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> tuple:
+        """What the views depend on: the thread count, and where and how the tensors are stored."""
+        return (parts, weight.data_ptr(), weight.stride(), weight.dtype, None if bias is None else bias.data_ptr())
 
     def fits(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> bool:
-        return self.key == (parts, weight.data_ptr(), weight.dtype, None if bias is None else bias.data_ptr())
+        return self.key == self.key_of(weight, bias, parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.slices is None or not self.weight.is_contiguous():
+        if self.slices is None:
             return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.n_in
         xs = x.reshape(1, rows, self.n_in).expand(self.parts, rows, self.n_in)
@@ -77,8 +83,3 @@ class SplitWeight:
                             None if self.bias is None else self.bias[self.even:])
             y = torch.cat([y, rest], dim=1)
         return y.view(*x.shape[:-1], self.n_out)
-
-
-def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> torch.Tensor:
-    """x @ weight.T + bias with weight's output rows cut into `parts` slices multiplied as one batch."""
-    return SplitWeight(weight, bias, parts)(x)

@@ -21,7 +21,7 @@ from gptkit.sampling import (
     top_p_filter,
 )
 from gptkit.tokenizer import build_tokenizer
-from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
+from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE, torch_threads
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -203,8 +203,6 @@ def test_compiled_decode_step_on_cpu_matches_eager(char_model):
 
 def test_decoding_on_two_threads_gives_the_one_thread_text(char_model):
     """Two threads split each decode step's matrix-vector products (linear.Linear); the text must not change."""
-    from tests.test_model import torch_threads
-
     model, tok = char_model
     prompt, params = tok.encode("ROMEO:"), SamplingParams(temperature=0.8, top_k=30)
     results = {}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
-from gptkit.linear import DECODE_ROWS, Linear, SplitWeight, split_linear
+from gptkit.linear import DECODE_ROWS, Linear, SplitWeight
 from gptkit.model import GPT, KVCache, manual_attention
+from tests.conftest import torch_threads
 
 SWITCHES = [dict(), dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
             dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)]
@@ -100,24 +100,14 @@ def test_loss_at_init_is_about_ln_vocab():
     assert abs(loss.item() - math.log(50)) < 0.2
 
 
-@contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("n_out", [96, 65, 7, 1])  # even, uneven (a leftover row), narrower than parts
 @pytest.mark.parametrize("rows", [1, 3, 64])
 @pytest.mark.parametrize("parts", [2, 3, 8])
-def test_split_linear_equals_linear(n_out, rows, parts):
+def test_split_weight_equals_linear(n_out, rows, parts):
     torch.manual_seed(n_out + rows)
     weight, bias, x = torch.randn(n_out, 48), torch.randn(n_out), torch.randn(rows, 1, 48)
     for b in (bias, None):
-        got = split_linear(x, weight, b, parts)
+        got = SplitWeight(weight, b, parts)(x)
         assert got.shape == (rows, 1, n_out)
         assert torch.allclose(got, F.linear(x, weight, b), atol=1e-5, rtol=1e-5)
 
@@ -157,3 +147,9 @@ def test_linear_follows_its_weights_when_they_change():
     with torch_threads(3), torch.no_grad():
         assert torch.allclose(layer(x.double()), F.linear(x.double(), layer.weight, layer.bias))
         assert layer._slices.parts == 3
+    with torch_threads(2), torch.no_grad():  # the same storage seen transposed: new views, or F.linear
+        square = Linear(32, 32)
+        square(x)
+        square.weight.data = square.weight.data.t()
+        assert not square.weight.is_contiguous()
+        assert torch.allclose(square(x), F.linear(x, square.weight, square.bias), atol=1e-5)

@@ -201,7 +201,8 @@ def sample_command(
         if prompt is not None and prompt_file is not None:
             raise UsageError("give --prompt or --prompt-file, not both")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
-        cpus_at_start = cpuload.sample()  # taken before torch loads: see how busy the machine is meanwhile
+        # for --threads' default: how busy the machine is while torch and the checkpoint load
+        cpus_at_start = cpuload.sample() if threads is None else None
         if threads is not None and threads < 1:
             raise UsageError(f"--threads must be at least 1, got {threads}")
         check_seed(seed)
