@@ -181,6 +181,16 @@ def test_an_unwritable_save_path_fails_before_any_output(trained_run, capsys, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.svg", "afile"]
 
 
+def test_checkpoint_named_as_sample_names_it(trained_run, capsys):
+    """`-c RUN` works as in `gptkit sample`, and gives the view the argument gives."""
+    store = str(trained_run["store"])
+    by_argument = run_here(capsys, "inspect", "shakespeare", "--checkpoints", store, "-p", "the", "--json")
+    by_option = run_here(capsys, "inspect", "-c", "shakespeare", "--checkpoints", store, "-p", "the", "--json")
+    assert by_argument.returncode == by_option.returncode == 0, by_option.stderr
+    assert json.loads(by_option.stdout) == json.loads(by_argument.stdout)
+    assert run_here(capsys, "inspect", "shakespeare", "-c", "shakespeare", "--checkpoints", store).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def store_without_data_record(trained_run, tmp_path_factory):
     """A copy of the trained checkpoint whose metadata records no training text."""
@@ -210,6 +220,8 @@ def test_neighbors_without_recorded_data_or_data_flag(store_without_data_record,
     (["-p", "the", "--data", "x.txt"], "--neighbors"),
     (["-p", ""], "empty"),
     (["ghost"], "ghost"),
+    (["-c", "ghost"], "ghost"),
+    (["shakespeare", "-c", "ghost"], "two checkpoints"),
 ])
 def test_bad_input_gives_one_line_error(trained_run, capsys, args, needle):
     assert_one_line_error(run_here(capsys, "inspect", *args, "--checkpoints", str(trained_run["store"])), needle)

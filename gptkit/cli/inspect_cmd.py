@@ -37,6 +37,13 @@ def check_options(prompt: str | None, top_k: int, layer: int | None, head: int |
         check_output_file(save, "--save FILE")
 
 
+def one_checkpoint(argument: str | None, option: str | None) -> str | None:
+    """The checkpoint named as the argument or, as `gptkit sample` takes it, with -c/--checkpoint."""
+    if argument is not None and option is not None and argument != option:
+        raise UsageError(f"two checkpoints given ({argument!r} and --checkpoint {option!r}); name one")
+    return argument if argument is not None else option
+
+
 def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) -> None:
     if layer is not None and layer >= n_layer:
         raise UsageError(f"--layer {layer} is out of range: this model has {n_layer} layers (0-{n_layer - 1})")
@@ -48,6 +55,8 @@ def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) 
 def inspect_command(
     checkpoint: Optional[str] = typer.Argument(None, help="checkpoint file, run folder or run name "
                                                "[default: the newest run]", show_default=False),
+    checkpoint_option: Optional[str] = typer.Option(None, "--checkpoint", "-c", show_default=False,
+                                                    help="the same, as an option (as `gptkit sample` takes it)"),
     checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
                                                help="checkpoint store folder [default: ./checkpoints]"),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to run through the model"),
@@ -70,6 +79,7 @@ def inspect_command(
     logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text."""
     with handle_errors():
         check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save)
+        checkpoint = one_checkpoint(checkpoint, checkpoint_option)
         from gptkit import checkpoint as ckpt
         from gptkit.introspect import summarize
 
