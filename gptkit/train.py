@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gptkit import __version__, checkpoint, runtime
-from gptkit.config import ModelConfig, TrainConfig, to_dict
+from gptkit.config import ModelConfig, TrainConfig, to_dict, validate
 from gptkit.corpus import load_source
 from gptkit.data import TokenDataset, check_lengths, get_batch, load_dataset, prepare_dataset
 from gptkit.errors import CheckpointError, TrainingError, UsageError
@@ -52,6 +52,7 @@ class TrainResult:
     elapsed: float
     interrupted: bool = False
     checkpoint: Path | None = None
+    more: str | None = None  # after a run that used up its budget: the flag that doubles it
 
 
 @dataclass
@@ -145,11 +146,38 @@ def _check_tokenizer(tc: TrainConfig, tokenizer: Tokenizer, explicit: set[str], 
                          f"tokenizer of {tokenizer.vocab_size} ids; drop the flag")
 
 
+# how this machine runs, not what the run is: a run resumed elsewhere takes this command's values
+MACHINE_FIELDS = ("device", "dtype", "compile")
+
+
+def _resumed_settings(mc: ModelConfig, tc: TrainConfig, saved: dict[str, Any], explicit: set[str]) -> TrainConfig:
+    """A resumed run keeps the settings it was started with (batch, schedule, budgets, seed, ...);
+    only a flag given on this command line changes one. Without this, `--resume` alone ran the
+    defaults: another learning-rate schedule, batch size and budget than the run it continued."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kept = {k: v for k, v in saved.items() if k in names and k not in explicit and k not in MACHINE_FIELDS}
+    tc = dataclasses.replace(tc, **kept)
+    validate(mc, tc)
+    return tc
+
+
+def _check_budget_left(tc: TrainConfig, state: dict[str, Any], name: str) -> None:
+    """A resumed run whose budget is spent would stop at once: say so instead of "done"."""
+    step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
+    if step >= tc.max_iters:
+        raise UsageError(f"--resume: run {name!r} has run {step:,} of its --max-iters {tc.max_iters:,} (the "
+                         "budget counts the whole run); raise --max-iters to train on")
+    if tc.max_time is not None and elapsed >= tc.max_time:
+        raise UsageError(f"--resume: run {name!r} has trained {elapsed:.0f}s of its --max-time {tc.max_time:.0f}s "
+                         "(the budget counts the whole run); raise --max-time to train on")
+
+
 def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, store: Path,
           on_event: Callable[[Event], None] = lambda e: None, resume: bool = False,
           init_from: str | None = None, explicit: set[str] | None = None) -> TrainResult:
-    """Train a model and return where it was saved. `explicit` names the config fields the user set
-    (so a resumed or fine-tuned run can reject flags that conflict with the checkpoint's shape)."""
+    """Train a model and return where it was saved. `explicit` names the config fields the user set:
+    a resumed or fine-tuned run rejects those that conflict with the checkpoint's shape, and a
+    resumed run takes every other training setting from its checkpoint."""
     dist_info, device = runtime.setup_distributed(tc.device)
     dtype = runtime.pick_dtype(tc.dtype, device)
     runtime.enable_fast_math(device)
@@ -161,6 +189,9 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
                 what = "resumed" if resume else "--init-from"
                 mc = _check_shape(mc, prior.model_config, explicit or set(), what)
                 _check_tokenizer(tc, tokenizer, explicit or set(), what)
+                if resume:
+                    tc = _resumed_settings(mc, tc, prior.meta.get("train_config") or {}, explicit or set())
+                    _check_budget_left(tc, prior.state, run_dir.name)
             if dist_info.is_main:
                 check_writable(run_dir)
             runtime.check_training_memory(mc, tc.batch_size, device, dtype)  # before tokenizing: vocab not counted yet
@@ -291,8 +322,12 @@ class Loop:
         self.log({"event": "done", "step": st.step, "val_loss": st.last_val_loss, "best_val_loss": st.best_val_loss,
                   "elapsed": time.time() - t0, "interrupted": interrupted, "run_dir": str(self.run_dir)})
         bpc = None if st.last_val_loss is None else bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char)
+        more = None
+        if not interrupted:
+            more = f"--max-iters {2 * tc.max_iters}" if st.step >= tc.max_iters or tc.max_time is None \
+                else f"--max-time {math.ceil(2 * tc.max_time)}s"
         return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, time.time() - t0,
-                           interrupted, last_ckpt)
+                           interrupted, last_ckpt, more)
 
     def train_step(self, elapsed: float) -> None:
         tc, st = self.tc, self.state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import torch
 
 from gptkit import checkpoint
 from gptkit.config import resolve_config
-from gptkit.errors import TrainingError
+from gptkit.errors import TrainingError, UsageError
 from gptkit.optim import lr_at
 from gptkit.train import train
 from tests.conftest import SHAKESPEARE
@@ -77,6 +78,44 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, optimizer):
         assert torch.equal(oa[k], ob[k]), k
 
 
+def test_resume_alone_takes_the_runs_own_settings(tmp_path):
+    """`--resume` with no other flag: the run's batch size, learning rates, warmup, optimizer and budget
+    come from its checkpoint, not from today's defaults, so it still ends bit-identical to a straight run."""
+    mc, tc = _tiny(max_iters=20, learning_rate=2e-3, warmup_iters=3, optimizer="adamw", batch_size=3)
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path)
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(7))
+    default_mc, default_tc = resolve_config(None, None, {})  # what the command line holds with no flags
+    assert (default_tc.batch_size, default_tc.max_iters, default_tc.optimizer) != (3, 20, "adamw")
+    done = train(default_mc, default_tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path,
+                 resume=True, explicit=set())
+    assert done.step == 20
+    (a, oa), (b, ob) = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k in oa:
+        assert torch.equal(oa[k], ob[k]), k
+    saved = checkpoint.read_info(tmp_path / "split" / checkpoint.LAST).meta["train_config"]
+    assert (saved["batch_size"], saved["learning_rate"], saved["max_iters"]) == (3, 2e-3, 20)
+
+    # its budget is spent: one line saying how to go on, and the checkpoint stays as it was
+    before = (tmp_path / "split" / checkpoint.LAST).read_bytes()
+    with pytest.raises(UsageError, match=r"has run 20 of its --max-iters 20 .*raise --max-iters"):
+        train(default_mc, default_tc, None, tmp_path / "split", tmp_path, resume=True, explicit=set())
+    assert (tmp_path / "split" / checkpoint.LAST).read_bytes() == before
+    more = dataclasses.replace(default_tc, max_iters=23)  # a flag on the command line wins
+    assert train(default_mc, more, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True,
+                 explicit={"max_iters"}).step == 23
+
+
+def test_a_spent_time_budget_is_named():
+    from gptkit.train import _check_budget_left
+
+    _, tc = _tiny(max_iters=100, max_time="20s")
+    _check_budget_left(tc, {"step": 50, "elapsed": 18.5}, "r")  # time left: trains on
+    with pytest.raises(UsageError, match=r"trained 21s of its --max-time 20s .*raise --max-time"):
+        _check_budget_left(tc, {"step": 50, "elapsed": 21.0}, "r")
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     mc, tc = _tiny(max_iters=10)
     train(mc, tc, str(SHAKESPEARE), tmp_path / "r", tmp_path)
@@ -92,7 +131,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(gptkit.model.GPT, "forward", poisoned)
     mc, tc = _tiny(max_iters=20)
     with pytest.raises(TrainingError, match="nan"):
-        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True)
+        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True, explicit={"max_iters"})
     assert (tmp_path / "r" / checkpoint.LAST).read_bytes() == before
 
 

@@ -18,7 +18,7 @@ import torch
 from gptkit import checkpoint
 from gptkit.config import resolve_config
 from gptkit.train import train
-from tests.conftest import SHAKESPEARE, run_cli
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2)
 
@@ -102,6 +102,28 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
     conflict = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--n-embd", "64",
                        cwd=tmp_path)
     assert conflict.returncode == 2 and "conflicts" in conflict.stderr
+
+
+def test_a_finished_run_says_how_to_train_on_and_that_command_works(tmp_path):
+    store = str(tmp_path / "store")
+    first = run_cli("train", str(SHAKESPEARE), "--run", "r", "--checkpoints", store, "--n-layer", "1", "--n-embd",
+                    "32", "--n-head", "2", "--block-size", "32", "--eval-iters", "2", "--max-iters", "6",
+                    "--eval-interval", "3", "--batch-size", "5", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    hint = first.stderr.strip().splitlines()[-1]
+    assert hint.endswith("| train on: python -m gptkit train --run r --resume --max-iters 12"), hint
+    # the bare --resume would stop at once: one line instead of a silent "done"
+    assert_one_line_error(run_cli("train", "--run", "r", "--checkpoints", store, "--resume", cwd=tmp_path),
+                          "has run 6 of its --max-iters 6", "raise --max-iters")
+    more = run_cli("train", "--run", "r", "--checkpoints", store, "--resume", "--max-iters", "12", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    info = checkpoint.read_info(tmp_path / "store" / "r" / checkpoint.LAST)
+    assert info.state["step"] == 12
+    assert info.meta["train_config"]["batch_size"] == 5  # the run's own batch size, not the preset's 32
+    (tmp_path / "more.toml").write_text("[train]\nmax_iters = 15\n", encoding="utf-8")  # a --config key counts too
+    by_file = run_cli("train", "--run", "r", "--checkpoints", store, "--resume", "--config", "more.toml", cwd=tmp_path)
+    assert by_file.returncode == 0, by_file.stderr
+    assert checkpoint.read_info(tmp_path / "store" / "r" / checkpoint.LAST).state["step"] == 15
 
 
 def test_init_from_starts_where_the_other_run_ended(tmp_path, trained_run):

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from gptkit.cli.app import app, config_options, handle_errors, with_options
-from gptkit.config import ModelConfig, TrainConfig, resolve_config
+from gptkit.config import ModelConfig, TrainConfig, load_toml, resolve_config
 from gptkit.corpus import decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
 from gptkit.textchunks import HEAD_BYTES
@@ -84,8 +84,9 @@ def train_command(
     """Train a GPT on a text and save checkpoints to checkpoints/<run>/."""
     with handle_errors():
         check_data_arg(data)
-        explicit = {k for k, v in settings.items() if v is not None}
         mc, tc = resolve_config(preset, config, settings, device_type=_device_type(settings.get("device")))
+        # what this command sets (flags, and the --config file): a resumed run keeps its own values for the rest
+        explicit = {k for k, v in settings.items() if v is not None} | (set(load_toml(config)) if config else set())
         store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
         run_dir = _pick_run_dir(store, run, data, resume, overwrite)
         if resume and data is None:
@@ -153,5 +154,7 @@ def _summary(result) -> None:
         typer.echo(f"done: step {result.step}, val loss {result.val_loss:.4f} nats/token, "
                    f"{result.val_bpc:.3f} bits/char, {result.elapsed:.0f}s", err=True)
     prog = "gptkit" if Path(sys.argv[0]).name == "gptkit" else "python -m gptkit"
+    go_on = (f"resume: {prog} train --run {result.run_dir.name} --resume" if result.more is None
+             else f"train on: {prog} train --run {result.run_dir.name} --resume {result.more}")
     typer.echo(f"saved to {result.run_dir}/  — sample: {prog} sample -c {result.run_dir.name} --prompt \"...\"  "
-               f"| resume: {prog} train --run {result.run_dir.name} --resume", err=True)
+               f"| {go_on}", err=True)
