@@ -98,6 +98,12 @@ def check_text(data: bytes, name: str, at: int = 0, cut: bool = False) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        if not cut and e.reason == "unexpected end of data":  # valid up to a character the file cuts off
+            raise InputError(
+                f"{name} ends in the middle of a character (its last {len(data) - e.start} byte(s), from byte "
+                f"offset {at + e.start}, start one that never finishes): was it cut short, e.g. by `head -c`? "
+                "Cut text at a line instead, e.g. with `head -n`"
+            ) from None
         raise InputError(
             f"{name} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at byte offset {at + e.start}); "
             "convert it, e.g. `iconv -f cp949 -t utf-8`"

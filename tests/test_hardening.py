@@ -41,6 +41,7 @@ def make_work(root: Path) -> Path:
     (root / "blank.txt").write_bytes(b"  \n\t\n   \n")
     (root / "binary.dat").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    (root / "cut.txt").write_bytes("봄비가 내린다\n".encode()[:-2])  # `head -c` through the last syllable: 2 of its 3 bytes
     (root / "short.txt").write_text("To be, or not to be.\n" * 2, encoding="utf-8")
     (root / "adir").mkdir()
     (root / "blocker").write_text("a file where a folder should be\n", encoding="utf-8")
@@ -139,6 +140,14 @@ def test_invalid_utf8_names_the_byte_offset(work, capsys, monkeypatch, command):
     monkeypatch.chdir(work)
     args, code = with_file(command, "latin1.txt")
     refused(capsys, work, args, code, "not valid UTF-8", "0xe9", "byte offset 3", "iconv")
+
+
+@pytest.mark.parametrize("command", COMMANDS_READING_A_FILE)
+def test_utf8_cut_off_at_the_end_is_named_as_such(work, capsys, monkeypatch, command):
+    monkeypatch.chdir(work)
+    args, code = with_file(command, "cut.txt")
+    refused(capsys, work, args, code, "cut.txt", "ends in the middle of a character", "last 2 byte(s)",
+            "byte offset 16", "head -c")
 
 
 def test_text_shorter_than_a_block(work, capsys, monkeypatch):
