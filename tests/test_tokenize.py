@@ -157,8 +157,11 @@ def test_bad_files_are_one_line_input_errors(tmp_path):
         with pytest.raises(UnicodeDecodeError) as ref:
             data.decode("utf-8")
         (tmp_path / "bad.txt").write_bytes(data)
+        start = ref.value.start
+        needle = (f"0x{data[start]:02x} at byte offset {start}" if ref.value.reason != "unexpected end of data"
+                  else f"ends in the middle of a character \\(its last 2 byte\\(s\\), from byte offset {start}")
         for chunk in (100, 1001, 1 << 20):
-            with pytest.raises(InputError, match=f"0x{data[ref.value.start]:02x} at byte offset {ref.value.start}"):
+            with pytest.raises(InputError, match=needle):
                 build_dataset(open_path(tmp_path / "bad.txt"), tmp_path / "out", "byte", chunk_chars=chunk)
     assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
     with pytest.raises(InputError, match="does not exist"):
