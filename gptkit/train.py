@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gptkit import __version__, checkpoint, runtime
-from gptkit.config import ModelConfig, TrainConfig, to_dict, validate
+from gptkit.config import ModelConfig, TrainConfig, field_names, to_dict, validate
 from gptkit.corpus import load_source
 from gptkit.data import TokenDataset, check_lengths, get_batch, load_dataset, prepare_dataset
 from gptkit.errors import CheckpointError, TrainingError, UsageError
@@ -154,7 +154,7 @@ def _resumed_settings(mc: ModelConfig, tc: TrainConfig, saved: dict[str, Any], e
     """A resumed run keeps the settings it was started with (batch, schedule, budgets, seed, ...);
     only a flag given on this command line changes one. Without this, `--resume` alone ran the
     defaults: another learning-rate schedule, batch size and budget than the run it continued."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(field_names(TrainConfig))
     kept = {k: v for k, v in saved.items() if k in names and k not in explicit and k not in MACHINE_FIELDS}
     tc = dataclasses.replace(tc, **kept)
     validate(mc, tc)
@@ -324,7 +324,8 @@ class Loop:
         bpc = None if st.last_val_loss is None else bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char)
         more = None
         if not interrupted:
-            more = f"--max-iters {2 * tc.max_iters}" if st.step >= tc.max_iters or tc.max_time is None \
+            # not interrupted: one of the budgets ended it
+            more = f"--max-iters {2 * tc.max_iters}" if st.step >= tc.max_iters \
                 else f"--max-time {math.ceil(2 * tc.max_time)}s"
         return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, time.time() - t0,
                            interrupted, last_ckpt, more)

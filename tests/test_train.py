@@ -55,6 +55,16 @@ def _weights(run_dir):
     return checkpoint.load_tensors(info, "model."), checkpoint.load_tensors(info, "optim.")
 
 
+def _assert_bit_identical(run_a, run_b):
+    """The two runs' last checkpoints hold the same weights and optimizer state, bit for bit."""
+    (a, oa), (b, ob) = _weights(run_a), _weights(run_b)
+    assert a.keys() == b.keys() and oa.keys() == ob.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for k in oa:
+        assert torch.equal(oa[k], ob[k]), k
+
+
 def interrupt_at(step: int):
     """An event callback that presses Ctrl-C (SIGINT to ourselves) once `step` is done."""
     def on_event(e):
@@ -70,12 +80,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, optimizer):
     first = train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(13))
     assert first.interrupted and first.step == 13  # Ctrl-C finished the step, saved, and stopped
     train(mc, tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True)
-    (a, oa), (b, ob) = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
-    assert a.keys() == b.keys() and oa.keys() == ob.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    for k in oa:
-        assert torch.equal(oa[k], ob[k]), k
+    _assert_bit_identical(tmp_path / "straight", tmp_path / "split")
 
 
 def test_resume_alone_takes_the_runs_own_settings(tmp_path):
@@ -89,11 +94,7 @@ def test_resume_alone_takes_the_runs_own_settings(tmp_path):
     done = train(default_mc, default_tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path,
                  resume=True, explicit=set())
     assert done.step == 20
-    (a, oa), (b, ob) = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    for k in oa:
-        assert torch.equal(oa[k], ob[k]), k
+    _assert_bit_identical(tmp_path / "straight", tmp_path / "split")
     saved = checkpoint.read_info(tmp_path / "split" / checkpoint.LAST).meta["train_config"]
     assert (saved["batch_size"], saved["learning_rate"], saved["max_iters"]) == (3, 2e-3, 20)
 
