@@ -10,10 +10,12 @@ Prints, measured in one run so the ratios hold on a noisy machine:
      interleaved runs; the two greedy texts must agree, which checks the weight mapping;
   4. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
      texts agree and how far the logits drift.
-Random weights: speed does not depend on them.
+Random weights: speed does not depend on them. The model's weights lie in memory as `gptkit sample`
+lays them out on a CPU (linear.decode_layout: the wide ones column-major), for every path;
+--layout trained keeps nn.Linear's row-major layout, to measure what that layout gains.
 
     python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--repeat 3] [--threads N]
-                                [--dtype bfloat16] [--compile]
+                                [--layout decode|trained] [--dtype bfloat16] [--compile]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 
 from gptkit.config import ModelConfig
 from gptkit.generate import Engine, window_start
+from gptkit.linear import decode_layout
 from gptkit.model import GPT
 from gptkit.sampling import SamplingParams
 
@@ -138,6 +141,8 @@ def main() -> None:
                     help="bfloat16 also runs the bf16 vs fp32 comparison")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per prompt length; the best counts")
+    ap.add_argument("--layout", choices=("decode", "trained"), default="decode",
+                    help="decode: the weight layout `gptkit sample` decodes with on a CPU; trained: nn.Linear's")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="CPU threads for every path, transformers' included (default: all cores, which is "
                          "what gptkit sample takes on an idle machine)")
@@ -145,10 +150,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(BABY).eval()
+    if args.layout == "decode":
+        decode_layout(model)
     n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
     cached, plain = Engine(model, compile=args.compile), Engine(model, use_cache=False)
     print(f"baby dims {BABY.n_layer}x{BABY.n_embd}, block {BABY.block_size}, batch 1, fp32, "
-          f"{torch.get_num_threads()} threads, compile {'on' if args.compile else 'off'}")
+          f"{torch.get_num_threads()} threads, {args.layout} layout, compile {'on' if args.compile else 'off'}")
     timed_run(cached, list(range(8)), 8)  # warm up (and compile, if asked)
     first = None
     for ctx in contexts:

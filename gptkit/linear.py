@@ -1,10 +1,23 @@
 """The model's projections: `nn.Linear`, plus a path that spreads a decode step over the CPU's threads.
 
 At batch 1 each new token multiplies one row by every weight matrix: matrix-vector products that
-read all the weights once per token. MKL runs each on a single core, whatever torch's thread count,
-so on a CPU `Linear` cuts the weight's output rows into one slice per thread and multiplies the
-slices as one batch (`bmm` spreads a batch over the threads). Everything else is `nn.Linear`'s:
-the same parameters and state-dict names, and `F.linear` for training, GPUs and long inputs.
+read all the weights once per token, so their speed is how fast the weights stream from memory.
+MKL runs each on a single core, whatever torch's thread count, so on a CPU `Linear` cuts the
+weight into one slice per thread and multiplies the slices as one batch (`bmm` spreads a batch over
+the threads), with no copy of the weight. How it cuts depends on how the weight lies in memory:
+
+- row-major, nn.Linear's own layout (as trained): into slices of its output rows;
+- column-major (the same (out, in) tensor, its memory holding the transpose (in, out)): into
+  blocks of its input rows, each one contiguous stretch of memory, whose partial products are added.
+
+MKL streams a weight fastest when its memory runs along the weight's longer side. Measured on this
+project's 2-core AMD CPU (benchmarks/sample.py's dims, weights streamed from RAM): a 384->1536
+projection at 29.5 GB/s column-major vs 18.6 row-major on two cores (18.5 vs 10.4 on one), a
+1536->384 one at 25.1 GB/s row-major vs 17.7 column-major. So `decode_layout(model)`, which
+`gptkit sample` applies on a CPU, stores the weights wider than they are long column-major.
+
+Everything else is `nn.Linear`'s: the same parameters and state-dict names, and `F.linear` for
+training, compiled graphs, GPUs and long inputs.
 """
 
 from __future__ import annotations
@@ -14,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DECODE_ROWS = 64  # Linear's split path serves up to this many rows (decode steps, short prompts)
+SPLIT_MIN = 1 << 16  # weights with fewer elements take F.linear: one core streams them faster than a split starts
+FULL_PRECISION = (torch.float32, torch.float64)  # weights whose column-major blocks are summed as partials
 
 
 class Linear(nn.Linear):
@@ -21,10 +36,10 @@ class Linear(nn.Linear):
 
     A decode step multiplies a few rows (one new token per sample) by each weight: a
     matrix-vector product, which MKL runs on one core however many threads torch has, so a
-    batch-1 token on 2 cores took as long as on one. Here the weight's rows are cut into one
-    slice per thread and multiplied as a batch (`bmm` runs the slices in parallel), with no copy
-    of the weight. The result is the same to fp32 rounding. Training (autograd), compiled graphs,
-    GPUs and long inputs take the ordinary `F.linear`.
+    batch-1 token on 2 cores took as long as on one. Here the weight is cut into one slice per
+    thread and the slices are multiplied as a batch (`bmm` runs them in parallel), with no copy of
+    the weight (see `SplitWeight`). The result is the same to fp32 rounding. Training (autograd),
+    compiled graphs, GPUs and long inputs take the ordinary `F.linear`.
     """
 
     _slices: SplitWeight | None = None  # kept between calls while the weight stays put
@@ -42,21 +57,53 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def decode_layout(model: nn.Module) -> nn.Module:
+    """Store each `Linear` weight of `model` wider than it is long (out > in: Q/K/V, the FFN's
+    expansion, a vocabulary-wide lm_head) column-major, in place, for faster decoding on a CPU (see
+    the module docstring): same shapes, values, parameter names and state dict; only the memory
+    order changes. Meant for inference: `gptkit sample` calls it after loading a checkpoint.
+    A tied weight (lm_head = wte) is laid out once, for both. 16-bit weights are left as they are
+    (`SplitWeight` would round their partial sums). Checkpoints are still written row-major
+    (`checkpoint` saves contiguous tensors). Returns the model."""
+    for module in model.modules():
+        w = module.weight if isinstance(module, Linear) else None
+        if w is not None and w.is_contiguous() and module.out_features > module.in_features \
+                and w.dtype in FULL_PRECISION:
+            module.weight.data = w.data.t().contiguous().t()
+    return model
+
+
 class SplitWeight:
-    """A weight (out, in) seen as `parts` slices of its output rows, (parts, in, out/parts), and its
-    bias as (parts, 1, out/parts): views, no copies. Rows left over when `parts` does not divide the
-    width are multiplied on their own."""
+    """A weight (out, in) and its bias seen as `parts` slices multiplied as one batch: views, no copies.
+
+    Row-major weight: slices of its output rows, (parts, in, out/parts), the bias as (parts, 1,
+    out/parts); rows left over when `parts` does not divide the width are multiplied on their own.
+    Column-major weight (`decode_layout`): blocks of its input rows, (parts, in/parts, out), each
+    multiplied by its part of the input and the partial products added (the sum is split in
+    `parts`, so the last bits differ from F.linear's); F.linear when `parts` does not divide `in`,
+    and for 16-bit weights (whose partial sums would each be rounded to 16 bits).
+    Weights under SPLIT_MIN elements (256 KB in fp32) always take F.linear: on this project's CPU a
+    384x65 one took 7 µs on one core and 37 µs split in two.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> None:
         n_out, n_in = weight.shape
         self.key = self.key_of(weight, bias, parts)
         self.parts, self.n_in, self.n_out = parts, n_in, n_out
+        self.weight, self.bias = weight, bias
+        self.by_input = False
+        self.slices = self.bias_slices = None  # None: F.linear
         per = n_out // parts
         self.even = parts * per
-        self.weight, self.bias = weight, bias
-        usable = per > 0 and weight.is_contiguous()  # a strided weight has no slice views: F.linear
-        self.slices = weight[:self.even].view(parts, per, n_in).transpose(1, 2) if usable else None
-        self.bias_slices = bias[:self.even].view(parts, 1, per) if usable and bias is not None else None
+        if weight.numel() < SPLIT_MIN:
+            pass  # a small weight (a character vocabulary's lm_head): F.linear
+        elif weight.is_contiguous():
+            if per > 0:
+                self.slices = weight[:self.even].view(parts, per, n_in).transpose(1, 2)
+                self.bias_slices = bias[:self.even].view(parts, 1, per) if bias is not None else None
+        elif weight.t().is_contiguous() and n_in % parts == 0 and weight.dtype in FULL_PRECISION:
+            self.by_input = True
+            self.slices = weight.t().view(parts, n_in // parts, n_out)
 
     @staticmethod
     def key_of(weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> tuple:
@@ -70,6 +117,8 @@ class SplitWeight:
         if self.slices is None:
             return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.n_in
+        if self.by_input:
+            return self._by_input(x, rows)
         xs = x.reshape(1, rows, self.n_in).expand(self.parts, rows, self.n_in)
         if self.bias_slices is None:
             y = torch.bmm(xs, self.slices)  # (parts, rows, out/parts)
@@ -83,3 +132,15 @@ class SplitWeight:
                             None if self.bias is None else self.bias[self.even:])
             y = torch.cat([y, rest], dim=1)
         return y.view(*x.shape[:-1], self.n_out)
+
+    def _by_input(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """Column-major: part i of each input row times block i of the weight, summed over i."""
+        # (parts, rows, in/parts); for one row a single view (each small op costs ~1-2 µs here)
+        xs = x.reshape(self.parts, 1, -1) if rows == 1 else x.reshape(rows, self.parts, -1).transpose(0, 1)
+        y = torch.bmm(xs, self.slices)  # (parts, rows, out): one partial product per block
+        out = y[0]  # summed in place, the bias too (add_: no operator dispatch on top)
+        for i in range(1, self.parts):
+            out.add_(y[i])
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.n_out)

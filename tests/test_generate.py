@@ -4,14 +4,16 @@ strings and UTF-8 streaming on real text, and the compiled decode step on CPU.""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
-from gptkit import checkpoint
+from gptkit import checkpoint, linear
 from gptkit.completion import TextStream, complete
 from gptkit.generate import Engine, generate
+from gptkit.linear import decode_layout
 from gptkit.sampling import (
     SamplingParams,
     apply_repetition_penalty,
@@ -52,9 +54,26 @@ def run(engine: Engine, prompt: list[int], n: int, params: SamplingParams = GREE
     return torch.stack([s.ids for s in steps], 1), [s.logits.clone() for s in steps]  # (B, n), n x (B, V)
 
 
+def laid_out(model):
+    """A copy of `model` with `gptkit sample`'s CPU weight layout (the fixtures are shared)."""
+    return decode_layout(copy.deepcopy(model))
+
+
+def split_by_input(model) -> bool:
+    """Whether some projection's last decode step split a column-major weight by its input rows."""
+    return any(m._slices is not None and m._slices.by_input for m in model.modules() if isinstance(m, linear.Linear))
+
+
+@pytest.mark.parametrize("layout", ["as trained", "decode_layout"])
 @pytest.mark.parametrize("which", ["char_model", "rope_model"])
-def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(request, which):
+def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(request, monkeypatch, which, layout):
     model, tok = request.getfixturevalue(which)
+    if layout == "decode_layout":  # what `gptkit sample` decodes with on a CPU; every weight split on 2 threads
+        model = laid_out(model)
+        monkeypatch.setattr(linear, "SPLIT_MIN", 0)
+        threads = torch_threads(2)
+        threads.__enter__()
+        request.addfinalizer(lambda: threads.__exit__(None, None, None))
     block = model.config.block_size
     prompt = tok.encode("ROMEO:\nWhat say")
     n = 3 * block + 7  # the window restarts several times
@@ -65,6 +84,7 @@ def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(requ
         for step, (a, b) in enumerate(zip(logits_c, logits_p, strict=True)):
             assert torch.allclose(a, b, atol=2e-5, rtol=1e-5), (which, step, (a - b).abs().max())
     assert len(set(ids_c[0].tolist())) > 10  # the sampled text is real text, not one repeated token
+    assert split_by_input(model) == (layout == "decode_layout")
     # within the first block, both are the plain forward over the whole sequence
     seq = torch.tensor([prompt + ids_c[0, :block - len(prompt)].tolist()])
     full, _ = model(seq)
@@ -201,14 +221,19 @@ def test_compiled_decode_step_on_cpu_matches_eager(char_model):
     assert max((a - b).abs().max().item() for a, b in zip(logits_c, logits_e, strict=True)) < 1e-4
 
 
-def test_decoding_on_two_threads_gives_the_one_thread_text(char_model):
+@pytest.mark.parametrize("layout", ["as trained", "decode_layout"])
+def test_decoding_on_two_threads_gives_the_one_thread_text(char_model, monkeypatch, layout):
     """Two threads split each decode step's matrix-vector products (linear.Linear); the text must not change."""
     model, tok = char_model
+    monkeypatch.setattr(linear, "SPLIT_MIN", 0)  # split every weight, small ones too
+    if layout == "decode_layout":
+        model = laid_out(model)
     prompt, params = tok.encode("ROMEO:"), SamplingParams(temperature=0.8, top_k=30)
     results = {}
     for threads in (1, 2):
         with torch_threads(threads):
             results[threads] = run(Engine(model, num_samples=3), prompt, 150, params, seed=11)
     (ids_1, logits_1), (ids_2, logits_2) = results[1], results[2]
+    assert split_by_input(model) == (layout == "decode_layout")
     assert torch.equal(ids_1, ids_2)
     assert all(torch.allclose(a, b, atol=2e-5, rtol=1e-5) for a, b in zip(logits_1, logits_2, strict=True))

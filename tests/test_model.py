@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptkit import linear
 from gptkit.config import ModelConfig
-from gptkit.linear import DECODE_ROWS, Linear, SplitWeight
+from gptkit.linear import DECODE_ROWS, Linear, SplitWeight, decode_layout
 from gptkit.model import GPT, KVCache, manual_attention
 from tests.conftest import torch_threads
 
@@ -100,19 +101,46 @@ def test_loss_at_init_is_about_ln_vocab():
     assert abs(loss.item() - math.log(50)) < 0.2
 
 
+@pytest.fixture
+def split_small(monkeypatch):
+    """Split every weight, however small (the tests' weights are under SPLIT_MIN)."""
+    monkeypatch.setattr(linear, "SPLIT_MIN", 0)
+
+
+def column_major(weight: torch.Tensor) -> torch.Tensor:
+    return weight.t().contiguous().t()
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
 @pytest.mark.parametrize("n_out", [96, 65, 7, 1])  # even, uneven (a leftover row), narrower than parts
 @pytest.mark.parametrize("rows", [1, 3, 64])
-@pytest.mark.parametrize("parts", [2, 3, 8])
-def test_split_weight_equals_linear(n_out, rows, parts):
+@pytest.mark.parametrize("parts", [2, 3, 8, 5])  # 5 does not divide the 48 inputs: column-major takes F.linear
+def test_split_weight_equals_linear(split_small, layout, n_out, rows, parts):
     torch.manual_seed(n_out + rows)
     weight, bias, x = torch.randn(n_out, 48), torch.randn(n_out), torch.randn(rows, 1, 48)
+    if layout == "column-major":
+        weight = column_major(weight)
+    by_input = not weight.is_contiguous()  # a (1, 48) weight is both: row-major it is
     for b in (bias, None):
-        got = SplitWeight(weight, b, parts)(x)
+        split = SplitWeight(weight, b, parts)
+        assert split.by_input == (by_input and parts != 5)
+        assert (split.slices is None) == (by_input and parts == 5 or not by_input and n_out < parts)
+        got = split(x)
         assert got.shape == (rows, 1, n_out)
         assert torch.allclose(got, F.linear(x, weight, b), atol=1e-5, rtol=1e-5)
 
 
-def test_linear_splits_only_small_inference_inputs_on_several_threads(monkeypatch):
+def test_small_weights_and_16_bit_column_major_ones_take_f_linear():
+    """Under SPLIT_MIN elements a split costs more than it saves; 16-bit partial sums would each be rounded."""
+    small_w, big_w = torch.randn(65, 384), column_major(torch.randn(1536, 384))
+    assert SplitWeight(small_w, None, 2).slices is None
+    assert SplitWeight(big_w, None, 2).by_input
+    assert SplitWeight(big_w.to(torch.bfloat16), None, 2).slices is None
+    x = torch.randn(1, 1, 384)
+    assert torch.equal(SplitWeight(small_w, None, 2)(x), F.linear(x, small_w))
+
+
+def test_linear_splits_only_small_inference_inputs_on_several_threads(split_small, monkeypatch):
     parts: list[int] = []
     real = SplitWeight.__call__
     monkeypatch.setattr(SplitWeight, "__call__", lambda self, x: parts.append(self.parts) or real(self, x))
@@ -131,7 +159,7 @@ def test_linear_splits_only_small_inference_inputs_on_several_threads(monkeypatc
     assert parts == [2]
 
 
-def test_linear_follows_its_weights_when_they_change():
+def test_linear_follows_its_weights_when_they_change(split_small):
     """The split views are kept between calls: they must follow weights loaded in place, a dtype change,
     a new tensor, and a new thread count."""
     layer, x = Linear(32, 96), torch.randn(1, 1, 32)
@@ -153,3 +181,32 @@ def test_linear_follows_its_weights_when_they_change():
         square.weight.data = square.weight.data.t()
         assert not square.weight.is_contiguous()
         assert torch.allclose(square(x), F.linear(x, square.weight, square.bias), atol=1e-5)
+        assert square._slices.by_input  # the storage is now column-major: split by input rows
+
+
+@pytest.mark.parametrize("kw", SWITCHES)
+def test_decode_layout_changes_memory_order_only(split_small, kw):
+    """decode_layout stores the wide weights (Q/K/V, the FFN's expansion) column-major and nothing else
+    changes: the same state dict, the tied lm_head, the same logits for a prompt and decode steps."""
+    import copy
+
+    model = small(**kw)
+    laid = decode_layout(copy.deepcopy(model))
+    before, after = model.state_dict(), laid.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for name, module in laid.named_modules():
+        if isinstance(module, Linear):
+            wide = module.out_features > module.in_features
+            assert module.weight.t().is_contiguous() == wide and module.weight.is_contiguous() != wide, name
+    assert laid.lm_head.weight is laid.transformer.wte.weight  # still one tied matrix
+    assert laid.transformer.h[0].attn.c_attn.weight.stride() == (1, 3 * 32)
+    idx = torch.randint(0, 50, (2, 20))
+    with torch.no_grad(), torch_threads(2):
+        assert torch.allclose(model(idx)[0], laid(idx)[0], atol=1e-5)
+        caches = [KVCache(m.config, 2) for m in (model, laid)]
+        for m, cache in zip((model, laid), caches, strict=True):
+            m(idx[:, :12], kv_cache=cache)
+        for t in range(12, 20):  # one-token decode steps: the split path, by input rows for the wide weights
+            a, b = (m(idx[:, t:t + 1], kv_cache=c)[0] for m, c in zip((model, laid), caches, strict=True))
+            assert torch.allclose(a, b, atol=1e-5), t
+    assert decode_layout(laid.to(torch.bfloat16)).transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16

@@ -213,15 +213,17 @@ def sample_command(
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete
         from gptkit.generate import Engine
+        from gptkit.linear import decode_layout
         from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
         precision = pick_dtype(dtype, dev)
         model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
+        model.to(precision)
         if dev.type == "cpu":
             torch.set_num_threads(threads or decode_threads(cpus_at_start, torch.get_num_threads()))
-        model.to(precision)
+            decode_layout(model)  # wide weights column-major: MKL streams them faster, token by token
         text = read_prompt_text(prompt, prompt_file, lines)
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
