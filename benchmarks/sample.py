@@ -8,7 +8,9 @@ Prints, measured in one run so the ratios hold on a noisy machine:
   3. when `transformers` is installed, `GPT2LMHeadModel.generate` (its own KV cache) with the same
      dims and weights, greedy, inside one block (GPT-2 cannot go past its positions), best of 3
      interleaved runs; the two greedy texts must agree, which checks the weight mapping;
-  4. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
+  4. for each projection shape, how fast a one-row product streams its weight row- and column-major
+     (what `linear.decode_layout` chooses from);
+  5. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
      texts agree and how far the logits drift.
 Random weights: speed does not depend on them. The model's weights lie in memory as `gptkit sample`
 lays them out on a CPU (linear.decode_layout: the wide ones column-major), for every path;
@@ -29,13 +31,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
+import copy
 import time
 
 import torch
 
 from gptkit.config import ModelConfig
 from gptkit.generate import Engine, window_start
-from gptkit.linear import decode_layout
+from gptkit.linear import Linear, decode_layout
 from gptkit.model import GPT
 from gptkit.sampling import SamplingParams
 
@@ -133,6 +136,34 @@ def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[
           f"greedy texts agree for {agree}/{n} tokens; max logit difference before that {drift:.3f}")
 
 
+def compare_layouts(cfg: ModelConfig, copies: int = 24, repeat: int = 9) -> None:
+    """Each projection shape's decode product (one row, torch's threads), row- vs column-major: GB/s
+    of weights streamed, over `copies` weights of the shape in turn so they come from RAM, not cache."""
+    print(f"\nweight layout, one-row products through linear.Linear ({torch.get_num_threads()} threads; "
+          f"{copies} weights of each shape in turn, best of {repeat}):")
+    C = cfg.n_embd
+    for n_in, n_out, name in ((C, 3 * C, "Q/K/V"), (C, C, "attention output"), (C, 4 * C, "FFN expansion"),
+                              (4 * C, C, "FFN projection")):
+        rows = [Linear(n_in, n_out) for _ in range(copies)]
+        cols = copy.deepcopy(rows)
+        for layer in cols:
+            layer.weight.data = layer.weight.data.t().contiguous().t()  # what decode_layout does to a wide one
+        x, size = torch.randn(1, 1, n_in), copies * n_in * n_out * 4
+        rate = {}
+        with torch.inference_mode():
+            for label, layers in (("row-major", rows), ("column-major", cols)):
+                best = float("inf")
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    for layer in layers:
+                        layer(x)
+                    best = min(best, time.perf_counter() - t0)
+                rate[label] = size / best / 1e9
+        chosen = "column-major" if n_out > n_in else "row-major"
+        print(f"  {n_in}->{n_out} ({name}): row-major {rate['row-major']:5.1f} GB/s | column-major "
+              f"{rate['column-major']:5.1f} GB/s | decode_layout takes {chosen}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=500)
@@ -176,6 +207,7 @@ def main() -> None:
         print("  ms/token (cache vs no cache) by context length:", " | ".join(
             f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}" for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
     compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
+    compare_layouts(BABY)
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
 

@@ -10,8 +10,8 @@ the threads), with no copy of the weight. How it cuts depends on how the weight 
 - column-major (the same (out, in) tensor, its memory holding the transpose (in, out)): into
   blocks of its input rows, each one contiguous stretch of memory, whose partial products are added.
 
-MKL streams a weight fastest when its memory runs along the weight's longer side. Measured on this
-project's 2-core AMD CPU (benchmarks/sample.py's dims, weights streamed from RAM): a 384->1536
+MKL streams a weight fastest when its memory runs along the weight's longer side (benchmarks/sample.py
+measures it per shape). On this project's 2-core AMD CPU, weights streamed from RAM: a 384->1536
 projection at 29.5 GB/s column-major vs 18.6 row-major on two cores (18.5 vs 10.4 on one), a
 1536->384 one at 25.1 GB/s row-major vs 17.7 column-major. So `decode_layout(model)`, which
 `gptkit sample` applies on a CPU, stores the weights wider than they are long column-major.
