@@ -4,6 +4,7 @@ strings and UTF-8 streaming on real text, and the compiled decode step on CPU.""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -71,9 +72,9 @@ def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(requ
     if layout == "decode_layout":  # what `gptkit sample` decodes with on a CPU; every weight split on 2 threads
         model = laid_out(model)
         monkeypatch.setattr(linear, "SPLIT_MIN", 0)
-        threads = torch_threads(2)
-        threads.__enter__()
-        request.addfinalizer(lambda: threads.__exit__(None, None, None))
+        restore = contextlib.ExitStack()
+        request.addfinalizer(restore.close)
+        restore.enter_context(torch_threads(2))
     block = model.config.block_size
     prompt = tok.encode("ROMEO:\nWhat say")
     n = 3 * block + 7  # the window restarts several times
