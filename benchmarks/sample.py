@@ -38,7 +38,7 @@ import torch
 
 from gptkit.config import ModelConfig
 from gptkit.generate import Engine, window_start
-from gptkit.linear import Linear, decode_layout
+from gptkit.linear import Linear, column_major, decode_layout
 from gptkit.model import GPT
 from gptkit.sampling import SamplingParams
 
@@ -147,7 +147,7 @@ def compare_layouts(cfg: ModelConfig, copies: int = 24, repeat: int = 9) -> None
         rows = [Linear(n_in, n_out) for _ in range(copies)]
         cols = copy.deepcopy(rows)
         for layer in cols:
-            layer.weight.data = layer.weight.data.t().contiguous().t()  # what decode_layout does to a wide one
+            layer.weight.data = column_major(layer.weight.data)  # every shape, not only those decode_layout takes
         x, size = torch.randn(1, 1, n_in), copies * n_in * n_out * 4
         rate = {}
         with torch.inference_mode():
@@ -159,7 +159,7 @@ def compare_layouts(cfg: ModelConfig, copies: int = 24, repeat: int = 9) -> None
                         layer(x)
                     best = min(best, time.perf_counter() - t0)
                 rate[label] = size / best / 1e9
-        chosen = "column-major" if n_out > n_in else "row-major"
+        chosen = "row-major" if decode_layout(Linear(n_in, n_out)).weight.is_contiguous() else "column-major"
         print(f"  {n_in}->{n_out} ({name}): row-major {rate['row-major']:5.1f} GB/s | column-major "
               f"{rate['column-major']:5.1f} GB/s | decode_layout takes {chosen}")
 

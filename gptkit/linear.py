@@ -69,8 +69,13 @@ def decode_layout(model: nn.Module) -> nn.Module:
         w = module.weight if isinstance(module, Linear) else None
         if w is not None and w.is_contiguous() and module.out_features > module.in_features \
                 and w.dtype in FULL_PRECISION:
-            module.weight.data = w.data.t().contiguous().t()
+            w.data = column_major(w.data)
     return model
+
+
+def column_major(weight: torch.Tensor) -> torch.Tensor:
+    """The same (out, in) values, their memory holding the transpose (in, out): a copy."""
+    return weight.t().contiguous().t()
 
 
 class SplitWeight:

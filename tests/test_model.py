@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from gptkit import linear
 from gptkit.config import ModelConfig
-from gptkit.linear import DECODE_ROWS, Linear, SplitWeight, decode_layout
+from gptkit.linear import DECODE_ROWS, Linear, SplitWeight, column_major, decode_layout
 from gptkit.model import GPT, KVCache, manual_attention
 from tests.conftest import torch_threads
 
@@ -105,10 +105,6 @@ def test_loss_at_init_is_about_ln_vocab():
 def split_small(monkeypatch):
     """Split every weight, however small (the tests' weights are under SPLIT_MIN)."""
     monkeypatch.setattr(linear, "SPLIT_MIN", 0)
-
-
-def column_major(weight: torch.Tensor) -> torch.Tensor:
-    return weight.t().contiguous().t()
 
 
 @pytest.mark.parametrize("layout", ["row-major", "column-major"])
