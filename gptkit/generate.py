@@ -79,8 +79,8 @@ def compile_decode(device: torch.device) -> Callable[[GPT, torch.Tensor, KVCache
 
 def _mark_static(cache: KVCache) -> None:
     """CUDA graphs may only write to tensors whose address never changes: say so for the cache."""
-    if cache.k.device.type == "cuda":
-        for t in (cache.k, cache.v, cache.mask, cache.step_pos):
+    if cache.mask.device.type == "cuda":
+        for t in (*cache.k, *cache.v, cache.mask, cache.step_pos):
             torch._dynamo.mark_static_address(t)
 
 

@@ -17,7 +17,8 @@ projection at 29.5 GB/s column-major vs 18.6 row-major on two cores (18.5 vs 10.
 `gptkit sample` applies on a CPU, stores the weights wider than they are long column-major.
 
 Everything else is `nn.Linear`'s: the same parameters and state-dict names, and `F.linear` for
-training, compiled graphs, GPUs and long inputs.
+training, GPUs and long inputs. A compiled decode step on a CPU (`torch.compile`) traces the split
+into its graph.
 """
 
 from __future__ import annotations
@@ -38,23 +39,39 @@ class Linear(nn.Linear):
     matrix-vector product, which MKL runs on one core however many threads torch has, so a
     batch-1 token on 2 cores took as long as on one. Here the weight is cut into one slice per
     thread and the slices are multiplied as a batch (`bmm` runs them in parallel), with no copy of
-    the weight (see `SplitWeight`). The result is the same to fp32 rounding. Training (autograd),
-    compiled graphs, GPUs and long inputs take the ordinary `F.linear`.
+    the weight (see `SplitWeight`). The result is the same to fp32 rounding. A compiled CPU decode
+    step traces the same split into its graph. Training (autograd), GPUs and long inputs take the
+    ordinary `F.linear`.
     """
 
     _slices: SplitWeight | None = None  # kept between calls while the weight stays put
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the cheap tests first: this runs for every projection of every token
-        if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features \
-                and not torch.compiler.is_compiling():
-            parts = torch.get_num_threads()
+        if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features:
+            parts = cpu_threads()
             if parts > 1:
+                if torch.compiler.is_compiling():  # traced into the graph: the views cost nothing there
+                    return SplitWeight(self.weight, self.bias, parts)(x)
                 split = self._slices
                 if split is None or not split.fits(self.weight, self.bias, parts):
                     split = self._slices = SplitWeight(self.weight, self.bias, parts)
                 return split(x)
         return F.linear(x, self.weight, self.bias)
+
+
+@torch.compiler.assume_constant_result
+def cpu_threads() -> int:
+    """torch's thread count; a compiled graph takes it as a constant (the split it sets is baked in)."""
+    return torch.get_num_threads()
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.bmm. In a compiled graph a baddbmm with beta=0, the same product: inductor keeps that
+    as MKL's kernel, where it lowers a one-row bmm on a CPU to loops of its own, slower here."""
+    if torch.compiler.is_compiling():
+        return torch.baddbmm(a.new_zeros(1, 1, 1), a, b, beta=0)
+    return torch.bmm(a, b)
 
 
 def decode_layout(model: nn.Module) -> nn.Module:
@@ -93,7 +110,7 @@ class SplitWeight:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> None:
         n_out, n_in = weight.shape
-        self.key = self.key_of(weight, bias, parts)
+        self.key = None if torch.compiler.is_compiling() else self.key_of(weight, bias, parts)  # no addresses in a trace
         self.parts, self.n_in, self.n_out = parts, n_in, n_out
         self.weight, self.bias = weight, bias
         self.by_input = False
@@ -126,7 +143,7 @@ class SplitWeight:
             return self._by_input(x, rows)
         xs = x.reshape(1, rows, self.n_in).expand(self.parts, rows, self.n_in)
         if self.bias_slices is None:
-            y = torch.bmm(xs, self.slices)  # (parts, rows, out/parts)
+            y = bmm(xs, self.slices)  # (parts, rows, out/parts)
         else:
             y = torch.baddbmm(self.bias_slices, xs, self.slices)
         if self.even == self.n_out and rows == 1:
@@ -142,7 +159,7 @@ class SplitWeight:
         """Column-major: part i of each input row times block i of the weight, summed over i."""
         # (parts, rows, in/parts); for one row a single view (each small op costs ~1-2 µs here)
         xs = x.reshape(self.parts, 1, -1) if rows == 1 else x.reshape(rows, self.parts, -1).transpose(0, 1)
-        y = torch.bmm(xs, self.slices)  # (parts, rows, out): one partial product per block
+        y = bmm(xs, self.slices)  # (parts, rows, out): one partial product per block
         out = y[0]  # summed in place, the bias too (add_: no operator dispatch on top)
         for i in range(1, self.parts):
             out.add_(y[i])

@@ -27,7 +27,7 @@ from gptkit.linear import Linear
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer: (n_layer, B, n_head, max_len, head_dim).
+    """Pre-allocated keys and values: one (B, n_head, max_len, head_dim) tensor per layer.
 
     `pos` counts the positions already filled. In an ordinary forward (a prefill, or an eager
     decode step) each layer writes its new keys/values at [pos, pos+T) and attends over [0, pos+T);
@@ -43,9 +43,11 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.max_len = max_len or cfg.block_size
-        shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, cfg.n_head, self.max_len, cfg.head_dim)
+        # a tensor per layer: a compiled step writes each in place, where writing one slot of an
+        # (n_layer, ...) tensor compiled into a copy of whole layers at every step (2x slower on CPU)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.mask = torch.full((1, self.max_len), float("-inf"), device=device, dtype=dtype)
         self.step_pos = torch.zeros(1, dtype=torch.long, device=device)
         self.static = False

@@ -211,15 +211,37 @@ def test_complete_reports_eos_stop_and_length(char_model):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
-def test_compiled_decode_step_on_cpu_matches_eager(char_model):
+@pytest.mark.parametrize("threads, layout", [(1, "as trained"), (2, "decode_layout")])
+def test_compiled_decode_step_on_cpu_matches_eager(char_model, monkeypatch, threads, layout):
+    """The compiled step gives eager's text and logits; it writes one slot of each layer's cache (no
+    kernel loops over a whole layer's cache, as the code inductor generates from one (n_layer, ...)
+    tensor did), and on two threads the split of each projection is traced into the graph."""
+    from torch._inductor.utils import run_and_get_code
+
     model, tok = char_model
+    monkeypatch.setattr(linear, "SPLIT_MIN", 0)  # split every weight, small ones too
+    if layout == "decode_layout":
+        model = laid_out(model)
     prompt = tok.encode("ROMEO:")
-    compiled = Engine(model, compile=True)
-    assert compiled.compiled
-    ids_c, logits_c = run(compiled, prompt, 90)  # past block_size (64): a re-prefill in between
-    ids_e, logits_e = run(Engine(model), prompt, 90)
+    with torch_threads(threads):
+        compiled = Engine(model, compile=True)
+        assert compiled.compiled
+        # past block_size (64): a re-prefill in between
+        (ids_c, logits_c), codes = run_and_get_code(run, compiled, prompt, 90)
+        ids_e, logits_e = run(Engine(model), prompt, 90)
     assert torch.equal(ids_c, ids_e)
     assert max((a - b).abs().max().item() for a, b in zip(logits_c, logits_e, strict=True)) < 1e-4
+    code = "\n".join(codes)
+    cfg = model.config
+    layer_cache = cfg.n_head * cfg.block_size * cfg.head_dim  # one layer's keys (batch 1)
+    assert f"<static_cast<int64_t>({cfg.n_embd}L)" in code  # C++ loops (a layer norm), their bounds spelt so
+    assert f"<static_cast<int64_t>({layer_cache}L)" not in code
+    projections = sum(isinstance(m, linear.Linear) for m in model.modules()) * len(codes)
+    if threads > 1:  # the split, traced: each projection one batched product in MKL (not inductor's own loops)
+        assert code.count("extern_kernels.baddbmm(") == projections
+    else:
+        assert "baddbmm" not in code
+        assert code.count("extern_kernels.addmm(") + code.count("extern_kernels.mm(") == projections  # lm_head: no bias
 
 
 @pytest.mark.parametrize("layout", ["as trained", "decode_layout"])
