@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptkit.linear import trace_split
 from gptkit.model import GPT, KVCache
 from gptkit.sampling import SamplingParams, sample_next_token
 
@@ -72,6 +73,7 @@ def decode_logits(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor
 
 def compile_decode(device: torch.device) -> Callable[[GPT, torch.Tensor, KVCache], torch.Tensor]:
     """`decode_logits` compiled: CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
+    trace_split()
     if device.type == "cuda":
         return torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True)
     return torch.compile(decode_logits, fullgraph=True)

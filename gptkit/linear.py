@@ -60,10 +60,16 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-@torch.compiler.assume_constant_result
 def cpu_threads() -> int:
-    """torch's thread count; a compiled graph takes it as a constant (the split it sets is baked in)."""
+    """torch's thread count: the parts `Linear` splits a decode step's products into."""
     return torch.get_num_threads()
+
+
+def trace_split() -> None:
+    """Let `torch.compile` trace `Linear`'s split into its graphs, the thread count taken as a
+    constant (the split it sets is baked in). Called where gptkit compiles, not at import: marking
+    the function imports torch._dynamo, ~2 s that every command would pay."""
+    torch.compiler.assume_constant_result(cpu_threads)
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gptkit.errors import UsageError
+from gptkit.linear import trace_split
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -80,6 +81,7 @@ def want_compile(setting: bool | None, device: torch.device) -> bool:
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    trace_split()
     return torch.compile(model)  # inductor; works on CPU (needs a C compiler) and CUDA
 
 

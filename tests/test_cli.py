@@ -22,6 +22,17 @@ def test_help_and_version_do_not_import_torch():
     assert run_cli("--version").stdout.startswith("gptkit ")
 
 
+def test_sampling_does_not_import_the_compiler(trained_run):
+    """`gptkit sample` is called in loops: torch._dynamo (~2 s to import) loads only with --compile."""
+    args = ["sample", "--checkpoints", str(trained_run["store"]), "-c", "shakespeare", "-p", "ROMEO:", "-n", "20"]
+    code = ("import sys; from gptkit.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' in sys.modules and 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) > 20
+
+
 def test_train_then_sample_end_to_end(tmp_path):
     proc = run_cli("train", str(SHAKESPEARE), "--max-iters", "60", "--eval-interval", "30", "--eval-iters", "5",
                    "--n-layer", "2", "--n-embd", "64", "--block-size", "32", cwd=tmp_path)
