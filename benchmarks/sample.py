@@ -3,7 +3,9 @@
 Prints, measured in one run so the ratios hold on a noisy machine:
   1. tokens/s for N new tokens (default 500) with the KV cache and with the no-cache reference path
      (`--no-cache`: a full forward over the window at every step), at several prompt lengths, best of
-     3 interleaved runs of each (every run is printed too; ~4 minutes in all on 2 CPU cores);
+     3 interleaved runs of each (every run is printed too; ~4 minutes in all on 2 CPU cores); with
+     --compile, `gptkit sample --compile`'s path too (the decode step through torch.compile), in the
+     same interleaved runs;
   2. the per-token time by context length: flat with the cache, growing without it;
   3. when `transformers` is installed, `GPT2LMHeadModel.generate` (its own KV cache) with the same
      dims and weights, greedy, inside one block (GPT-2 cannot go past its positions), best of 3
@@ -90,7 +92,7 @@ def hf_model(model: GPT):
     return ref
 
 
-def compare_hf(model: GPT, engine: Engine, prompt: list[int], repeat: int = 3) -> None:
+def compare_hf(model: GPT, engine: Engine, prompt: list[int], name: str, repeat: int = 3) -> None:
     ref = hf_model(model)
     if ref is None:
         print("transformers is not installed: skipped the GPT2LMHeadModel.generate comparison")
@@ -117,8 +119,8 @@ def compare_hf(model: GPT, engine: Engine, prompt: list[int], repeat: int = 3) -
         runs["hf"].append(hf_run())
         runs["gptkit"].append(ours())
     (hf_tps, theirs), (tps, mine) = max(runs["hf"]), max(runs["gptkit"])
-    print(f"\nvs transformers GPT2LMHeadModel.generate, {n} greedy tokens after a {len(prompt)}-token prompt, "
-          f"best of {repeat} interleaved runs:")
+    print(f"\n{name} vs transformers GPT2LMHeadModel.generate, {n} greedy tokens after a {len(prompt)}-token "
+          f"prompt, best of {repeat} interleaved runs:")
     print(f"  gptkit {tps:7.1f} tokens/s | transformers {hf_tps:7.1f} tokens/s | ratio {tps / hf_tps:.2f}x "
           f"| same greedy text: {theirs == mine}")
 
@@ -184,29 +186,40 @@ def main() -> None:
     if args.layout == "decode":
         decode_layout(model)
     n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
-    cached, plain = Engine(model, compile=args.compile), Engine(model, use_cache=False)
+    plain = Engine(model, use_cache=False)
+    cached = {"cache": Engine(model)}  # `gptkit sample`'s default path; with --compile also its --compile path
+    if args.compile:
+        cached["cache, compiled"] = Engine(model, compile=True)
     print(f"baby dims {BABY.n_layer}x{BABY.n_embd}, block {BABY.block_size}, batch 1, fp32, "
           f"{torch.get_num_threads()} threads, {args.layout} layout, compile {'on' if args.compile else 'off'}")
-    timed_run(cached, list(range(8)), 8)  # warm up (and compile, if asked)
+    for engine in cached.values():
+        t0 = time.perf_counter()
+        timed_run(engine, list(range(8)), 8)  # warm up (and compile, if asked)
+        if engine.compiled:
+            print(f"compiled the decode step in {time.perf_counter() - t0:.1f} s")
     first = None
     for ctx in contexts:
         prompt = [i % BABY.vocab_size for i in range(ctx)]
-        runs_c, runs_p = [], []
+        runs: dict[str, list] = {name: [] for name in (*cached, "no cache")}
         for _ in range(args.repeat):  # interleaved, best of `repeat`: this machine's speed drifts between runs
-            runs_c.append(timed_run(cached, prompt, n))
-            runs_p.append(timed_run(plain, prompt, n))
-        (tps_c, times_c, ids_c, logits_c), (tps_p, times_p, ids_p, _) = (max(r, key=lambda t: t[0])
-                                                                         for r in (runs_c, runs_p))
-        first = first or (tps_c, ids_c, logits_c)
-        print(f"\nprompt {ctx:3d} tokens, {n} new, best of {args.repeat}: cache {tps_c:7.1f} tokens/s "
-              f"| no cache {tps_p:6.1f} tokens/s | {tps_c / tps_p:5.1f}x | same greedy text: {ids_c == ids_p} "
-              f"| every run (cache / no cache): {' '.join(f'{r[0]:.0f}' for r in runs_c)} / "
-              f"{' '.join(f'{r[0]:.1f}' for r in runs_p)}")
-        flat_c = by_context(times_c, ctx, BABY.block_size, cached.keep)
+            for name, engine in (*cached.items(), ("no cache", plain)):
+                runs[name].append(timed_run(engine, prompt, n))
+        best = {name: max(r, key=lambda t: t[0]) for name, r in runs.items()}
+        tps_p, times_p, ids_p, _ = best["no cache"]
+        print(f"\nprompt {ctx:3d} tokens, {n} new, best of {args.repeat}: no cache {tps_p:6.1f} tokens/s "
+              f"(every run: {' '.join(f'{r[0]:.1f}' for r in runs['no cache'])})")
         flat_p = by_context(times_p, ctx, BABY.block_size, plain.keep)
-        print("  ms/token (cache vs no cache) by context length:", " | ".join(
-            f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}" for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
-    compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
+        for name, engine in cached.items():
+            tps_c, times_c, ids_c, logits_c = best[name]
+            first = first or (tps_c, ids_c, logits_c)
+            print(f"  {name:15s} {tps_c:7.1f} tokens/s | {tps_c / tps_p:5.1f}x no cache | same greedy text: "
+                  f"{ids_c == ids_p} | every run: {' '.join(f'{r[0]:.0f}' for r in runs[name])}")
+            flat_c = by_context(times_c, ctx, BABY.block_size, engine.keep)
+            print(f"    ms/token ({name} vs no cache) by context length:", " | ".join(
+                f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}"
+                for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
+    for name, engine in cached.items():
+        compare_hf(model, engine, [i % BABY.vocab_size for i in range(16)], name)
     compare_layouts(BABY)
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
