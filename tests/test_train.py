@@ -168,5 +168,8 @@ def test_a_timed_run_reserves_time_for_its_final_evaluation(tmp_path):
     result = train(mc, tc, str(SHAKESPEARE), tmp_path / "t", tmp_path, on_event=events.append)
     evals = [e for e in events if e["event"] == "eval"]
     assert len(evals) == 1 and evals[0]["step"] == result.step  # the one evaluation came at the end
-    assert result.elapsed - evals[0]["elapsed"] > 0.5  # and it cost real time (150 batches x 2 splits)
-    assert result.elapsed <= 1.1 * tc.max_time, (result.elapsed, evals[0]["elapsed"])
+    eval_cost = result.elapsed - evals[0]["elapsed"]
+    assert eval_cost > 0.5  # and it cost real time (150 batches x 2 splits)
+    # unreserved, the run would overrun by the whole evaluation; the estimate may miss by some of it on
+    # a loaded machine (a fixed 10% margin failed once at 6.69 s for a 2.2 s evaluation)
+    assert result.elapsed - tc.max_time < 0.5 * eval_cost, (result.elapsed, evals[0]["elapsed"])
