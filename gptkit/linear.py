@@ -45,31 +45,29 @@ class Linear(nn.Linear):
     """
 
     _slices: SplitWeight | None = None  # kept between calls while the weight stays put
+    compiled_parts = 1  # the split a compiled graph traces (1: none); `trace_split` sets it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the cheap tests first: this runs for every projection of every token
         if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features:
-            parts = cpu_threads()
-            if parts > 1:
-                if torch.compiler.is_compiling():  # traced into the graph: the views cost nothing there
-                    return SplitWeight(self.weight, self.bias, parts)(x)
-                split = self._slices
-                if split is None or not split.fits(self.weight, self.bias, parts):
-                    split = self._slices = SplitWeight(self.weight, self.bias, parts)
-                return split(x)
+            if torch.compiler.is_compiling():  # traced into the graph, where the views cost nothing
+                if self.compiled_parts > 1:
+                    return SplitWeight(self.weight, self.bias, self.compiled_parts)(x)
+            else:
+                parts = torch.get_num_threads()
+                if parts > 1:
+                    split = self._slices
+                    if split is None or not split.fits(self.weight, self.bias, parts):
+                        split = self._slices = SplitWeight(self.weight, self.bias, parts)
+                    return split(x)
         return F.linear(x, self.weight, self.bias)
 
 
-def cpu_threads() -> int:
-    """torch's thread count: the parts `Linear` splits a decode step's products into."""
-    return torch.get_num_threads()
-
-
 def trace_split() -> None:
-    """Let `torch.compile` trace `Linear`'s split into its graphs, the thread count taken as a
-    constant (the split it sets is baked in). Called where gptkit compiles, not at import: marking
-    the function imports torch._dynamo, ~2 s that every command would pay."""
-    torch.compiler.assume_constant_result(cpu_threads)
+    """Called where gptkit compiles: the graphs traced from now on split each decode product into
+    torch's current thread count of parts, a constant in the graph (a compiled graph cannot ask
+    torch for its thread count)."""
+    Linear.compiled_parts = torch.get_num_threads()
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
