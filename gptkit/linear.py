@@ -45,6 +45,7 @@ class Linear(nn.Linear):
     """
 
     _slices: SplitWeight | None = None  # kept between calls while the weight stays put
+    _slices_key: tuple | None = None  # SplitWeight.key_of what _slices was made from
     compiled_parts = 1  # the split a compiled graph traces (1: none); `trace_split` sets it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,10 +57,10 @@ class Linear(nn.Linear):
             else:
                 parts = torch.get_num_threads()
                 if parts > 1:
-                    split = self._slices
-                    if split is None or not split.fits(self.weight, self.bias, parts):
-                        split = self._slices = SplitWeight(self.weight, self.bias, parts)
-                    return split(x)
+                    key = SplitWeight.key_of(self.weight, self.bias, parts)
+                    if key != self._slices_key:
+                        self._slices, self._slices_key = SplitWeight(self.weight, self.bias, parts), key
+                    return self._slices(x)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -114,7 +115,6 @@ class SplitWeight:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> None:
         n_out, n_in = weight.shape
-        self.key = None if torch.compiler.is_compiling() else self.key_of(weight, bias, parts)  # no addresses in a trace
         self.parts, self.n_in, self.n_out = parts, n_in, n_out
         self.weight, self.bias = weight, bias
         self.by_input = False
@@ -135,9 +135,6 @@ class SplitWeight:
     def key_of(weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> tuple:
         """What the views depend on: the thread count, and where and how the tensors are stored."""
         return (parts, weight.data_ptr(), weight.stride(), weight.dtype, None if bias is None else bias.data_ptr())
-
-    def fits(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int) -> bool:
-        return self.key == self.key_of(weight, bias, parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.slices is None:
