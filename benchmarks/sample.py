@@ -92,7 +92,8 @@ def hf_model(model: GPT):
     return ref
 
 
-def compare_hf(model: GPT, engine: Engine, prompt: list[int], name: str, repeat: int = 3) -> None:
+def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int], repeat: int = 3) -> None:
+    """Each engine against one GPT2LMHeadModel with the same weights, built and warmed up once."""
     ref = hf_model(model)
     if ref is None:
         print("transformers is not installed: skipped the GPT2LMHeadModel.generate comparison")
@@ -110,19 +111,20 @@ def compare_hf(model: GPT, engine: Engine, prompt: list[int], name: str, repeat:
             out = ref.generate(ids, **kw)
             return n / (time.perf_counter() - t0), out[0, len(prompt):].tolist()
 
-    def ours() -> tuple[float, list[int]]:
+    def ours(engine: Engine) -> tuple[float, list[int]]:
         tps, _, out, _ = timed_run(engine, prompt, n)
         return tps, out
 
-    runs: dict[str, list[tuple[float, list[int]]]] = {"hf": [], "gptkit": []}
-    for _ in range(repeat):  # interleaved, best of `repeat`: this machine's speed drifts between runs
-        runs["hf"].append(hf_run())
-        runs["gptkit"].append(ours())
-    (hf_tps, theirs), (tps, mine) = max(runs["hf"]), max(runs["gptkit"])
-    print(f"\n{name} vs transformers GPT2LMHeadModel.generate, {n} greedy tokens after a {len(prompt)}-token "
-          f"prompt, best of {repeat} interleaved runs:")
-    print(f"  gptkit {tps:7.1f} tokens/s | transformers {hf_tps:7.1f} tokens/s | ratio {tps / hf_tps:.2f}x "
-          f"| same greedy text: {theirs == mine}")
+    for name, engine in engines.items():
+        runs: dict[str, list[tuple[float, list[int]]]] = {"hf": [], "gptkit": []}
+        for _ in range(repeat):  # interleaved, best of `repeat`: this machine's speed drifts between runs
+            runs["hf"].append(hf_run())
+            runs["gptkit"].append(ours(engine))
+        (hf_tps, theirs), (tps, mine) = max(runs["hf"]), max(runs["gptkit"])
+        print(f"\n{name} vs transformers GPT2LMHeadModel.generate, {n} greedy tokens after a {len(prompt)}-token "
+              f"prompt, best of {repeat} interleaved runs:")
+        print(f"  gptkit {tps:7.1f} tokens/s | transformers {hf_tps:7.1f} tokens/s | ratio {tps / hf_tps:.2f}x "
+              f"| same greedy text: {theirs == mine}")
 
 
 def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[int], list[torch.Tensor]]) -> None:
@@ -218,8 +220,7 @@ def main() -> None:
             print(f"    ms/token ({name} vs no cache) by context length:", " | ".join(
                 f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}"
                 for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
-    for name, engine in cached.items():
-        compare_hf(model, engine, [i % BABY.vocab_size for i in range(16)], name)
+    compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
     compare_layouts(BABY)
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
