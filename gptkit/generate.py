@@ -52,31 +52,13 @@ def forward_last(model: GPT, ids: torch.Tensor, cache: KVCache | None = None) ->
     return logits[:, -1, :]
 
 
-def decode_logits(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """One decode step with fixed shapes, for `torch.compile` and CUDA graphs: ids (B, 1) at the
-    position `cache.step_pos` (a tensor, so nothing is specialised on it) -> logits (B, V).
-
-    This is `GPT.forward` for a single position, reading the position from a tensor instead of a
-    Python int; `KVCache.static_step()` must be active (it also advances the cache).
-    """
-    t = model.transformer
-    x = t.wte(ids)  # (B, 1, C)
-    if t.wpe is not None:
-        x = x + t.wpe(cache.step_pos)  # (1, C) learned position, broadcast over the batch
-    rope = None
-    if model.config.pos_encoding == "rope":
-        rope = model.rope_cos[cache.step_pos], model.rope_sin[cache.step_pos]  # (1, hs/2) each
-    for block in t.h:
-        x = block(x, rope=rope, kv_cache=cache)
-    return model.lm_head(t.ln_f(x))[:, -1, :]
-
-
-def compile_decode(device: torch.device) -> Callable[[GPT, torch.Tensor, KVCache], torch.Tensor]:
-    """`decode_logits` compiled: CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
+def compile_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+    """`model.decode_step` compiled, for steps inside `KVCache.static_step()` (fixed shapes, the
+    position in a tensor): CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
     trace_split()
-    if device.type == "cuda":
-        return torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True)
-    return torch.compile(decode_logits, fullgraph=True)
+    if next(model.parameters()).device.type == "cuda":
+        return torch.compile(model.decode_step, mode="reduce-overhead", fullgraph=True)
+    return torch.compile(model.decode_step, fullgraph=True)
 
 
 def _mark_static(cache: KVCache) -> None:
@@ -103,11 +85,11 @@ class Engine:
         self.block_size = model.config.block_size
         self.keep = max(1, min(self.block_size, keep or self.block_size // 2))
         self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
-        # eager decoding calls the model itself; compiled decoding needs the fixed-shape step
+        # both run model.decode_step; compiled, inside cache.static_step() (fixed shapes)
         self.compiled_decode = None
         if compile and self.cache is not None:
             _mark_static(self.cache)
-            self.compiled_decode = compile_decode(p.device)
+            self.compiled_decode = compile_decode(model)
 
     @property
     def compiled(self) -> bool:
@@ -117,10 +99,9 @@ class Engine:
     def _decode_step(self, ids: torch.Tensor) -> torch.Tensor:
         assert self.cache is not None
         if self.compiled_decode is None:  # eager: attend over the filled slots only, no mask (~10% faster on CPU)
-            logits, _ = self.model(ids[:, None], kv_cache=self.cache, last_only=True)
-            return logits[:, -1, :]
+            return self.model.decode_step(ids, self.cache)
         with self.cache.static_step():
-            logits = self.compiled_decode(self.model, ids[:, None], self.cache)
+            logits = self.compiled_decode(ids, self.cache)
         return logits.clone()  # CUDA graphs reuse their output buffer
 
     def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int,

@@ -10,6 +10,10 @@ Dropout is applied to the embeddings and the residual branches but never to the 
 probabilities, so PyTorch's fused (flash) SDPA kernel stays usable on CPU and GPU alike.
 The projections are `linear.Linear`: `nn.Linear` plus a path that spreads a decode step's
 matrix-vector products over the CPU's threads.
+
+Each module has `forward` (any length: training, prefill, the no-cache reference) and
+`decode_step`: the same arithmetic for one new token per row, attending over the KV cache, which
+is what generation runs once per token (see `GPT.decode_step`).
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from gptkit.linear import Linear
 class KVCache:
     """Pre-allocated keys and values: one (B, n_head, max_len, head_dim) tensor per layer.
 
-    `pos` counts the positions already filled. In an ordinary forward (a prefill, or an eager
-    decode step) each layer writes its new keys/values at [pos, pos+T) and attends over [0, pos+T);
-    `GPT.forward` then calls `advance(T)`. A batch-1 write fills every row of a B-row cache, so one
+    `pos` counts the positions already filled. In a forward (a prefill) or an eager decode step
+    (`GPT.decode_step`) each layer writes its new keys/values at [pos, pos+T) and attends over
+    [0, pos+T); the model then calls `advance(T)`. A batch-1 write fills every row of a B-row cache, so one
     prefill of a shared prompt serves all samples.
 
     A compiled decode step needs shapes and addresses that never change (CUDA graphs replay fixed
@@ -168,6 +172,20 @@ class CausalSelfAttention(nn.Module):
         y = self.c_proj(y)
         return self.resid_dropout(y) if self.training else y  # dropout only while training
 
+    def decode_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                    kv_cache: KVCache) -> torch.Tensor:
+        """`forward` for one new position per row, x (B, C) -> (B, C), attending over the cache.
+
+        With one position the heads need no transposes: (B, 3C) is already (B, 3, nh, 1, hs).
+        """
+        B, C = x.size()
+        q, k, v = self.c_attn.forward(x).view(B, 3, self.n_head, 1, C // self.n_head).unbind(1)
+        if self.rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, pos+1 or max_len, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, 1, hs)
+        return self.c_proj.forward(y.view(B, C))
+
 
 class MLP(nn.Module):
     """The feed-forward network (FFN) applied to each position: expand, non-linearity, project back."""
@@ -190,6 +208,12 @@ class MLP(nn.Module):
         h = self.c_proj(h)
         return self.dropout(h) if self.training else h
 
+    def decode_step(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` at inference, as plain method calls (see `GPT.decode_step`)."""
+        if self.c_gate is not None:
+            return self.c_proj.forward(F.silu(self.c_gate.forward(x)) * self.c_fc.forward(x))
+        return self.c_proj.forward(F.gelu(self.c_fc.forward(x), approximate="tanh"))
+
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
@@ -211,6 +235,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope=rope, kv_cache=kv_cache)  # residual connection
         x = x + self.mlp(self.ln_2(x))  # residual connection
         return x
+
+    def decode_step(self, x: torch.Tensor, rope, kv_cache: KVCache) -> torch.Tensor:
+        """`forward` for one new position per row, x (B, C)."""
+        x = x + self.attn.decode_step(self.ln_1.forward(x), rope, kv_cache)
+        return x + self.mlp.decode_step(self.ln_2.forward(x))
 
 
 class GPT(nn.Module):
@@ -288,6 +317,34 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, [-1], :]  # generation needs only the last position's prediction
         return self.lm_head(x), None
+
+    def decode_step(self, idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """`forward` for one new token per row: idx (B,) at position kv_cache.pos -> logits (B, V).
+
+        What generation runs once per token, eager and compiled alike: the arithmetic of `forward`
+        with the cache, written for a single position. At batch 1 a step is 24 matrix-vector
+        products (6 layers of `baby`) and ~200 small operators, so on a CPU the Python around them
+        counts: here the heads need no transposes, and every module is called as a plain method
+        (`.forward`, `decode_step`), since nn.Module's `__call__` costs a few µs, ~60 times a step.
+        Eager steps attend over the filled slots; inside `kv_cache.static_step()` (a compiled
+        step: fixed shapes) the position is the tensor `step_pos` and attention goes through the mask.
+        """
+        t = self.transformer
+        if kv_cache.static:
+            pos = kv_cache.step_pos  # (1,): indexing keeps a (1, ...) axis that broadcasts over rows
+            x = t.wte.forward(idx) + (t.wpe.forward(pos) if t.wpe is not None else 0)  # (B, C)
+            rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_encoding == "rope" else None
+        else:
+            assert kv_cache.pos < self.config.block_size, "the caller must slide the window"
+            x = t.wte.forward(idx)
+            if t.wpe is not None:
+                x = x + t.wpe.weight[kv_cache.pos]
+            rope = self.rope_for(kv_cache.pos, 1)
+        for block in t.h:
+            x = block.decode_step(x, rope, kv_cache)
+        if not kv_cache.static:  # a static step advances when it ends
+            kv_cache.advance(1)
+        return self.lm_head.forward(t.ln_f.forward(x))
 
     def set_manual_attention(self, on: bool = True) -> None:
         """Route every layer through the plain masked-softmax path (for teaching and checks)."""
