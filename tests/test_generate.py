@@ -211,14 +211,16 @@ def test_complete_reports_eos_stop_and_length(char_model):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
-@pytest.mark.parametrize("threads, layout", [(1, "as trained"), (2, "decode_layout")])
-def test_compiled_decode_step_on_cpu_matches_eager(char_model, monkeypatch, threads, layout):
-    """The compiled step gives eager's text and logits; it writes one slot of each layer's cache (no
-    kernel loops over a whole layer's cache, as the code inductor generates from one (n_layer, ...)
-    tensor did), and on two threads the split of each projection is traced into the graph."""
+@pytest.mark.parametrize("which, threads, layout", [
+    ("char_model", 1, "as trained"), ("char_model", 2, "decode_layout"), ("rope_model", 1, "as trained")])
+def test_compiled_decode_step_on_cpu_matches_eager(request, monkeypatch, which, threads, layout):
+    """The compiled step gives eager's text and logits (learned positions, and RoPE + RMSNorm +
+    SwiGLU); it writes one slot of each layer's cache (no kernel loops over a whole layer's cache, as
+    the code inductor generates from one (n_layer, ...) tensor did), and on two threads the split of
+    each projection is traced into the graph."""
     from torch._inductor.utils import run_and_get_code
 
-    model, tok = char_model
+    model, tok = request.getfixturevalue(which)
     monkeypatch.setattr(linear, "SPLIT_MIN", 0)  # split every weight, small ones too
     if layout == "decode_layout":
         model = laid_out(model)
@@ -226,7 +228,7 @@ def test_compiled_decode_step_on_cpu_matches_eager(char_model, monkeypatch, thre
     with torch_threads(threads):
         compiled = Engine(model, compile=True)
         assert compiled.compiled
-        # past block_size (64): a re-prefill in between
+        # past block_size (64; 32 for the RoPE model): re-prefills in between
         (ids_c, logits_c), codes = run_and_get_code(run, compiled, prompt, 90)
         ids_e, logits_e = run(Engine(model), prompt, 90)
     assert torch.equal(ids_c, ids_e)
