@@ -35,8 +35,8 @@ class KVCache:
 
     `pos` counts the positions already filled. In a forward (a prefill) or an eager decode step
     (`GPT.decode_step`) each layer writes its new keys/values at [pos, pos+T) and attends over
-    [0, pos+T); the model then calls `advance(T)`. A batch-1 write fills every row of a B-row cache, so one
-    prefill of a shared prompt serves all samples.
+    [0, pos+T); the model then calls `advance(T)`. A batch-1 write fills every row of a B-row
+    cache, so one prefill of a shared prompt serves all samples.
 
     A compiled decode step needs shapes and addresses that never change (CUDA graphs replay fixed
     pointers): inside `static_step()` the position lives in the tensor `step_pos` (1,), each layer
@@ -331,15 +331,15 @@ class GPT(nn.Module):
         """
         t = self.transformer
         if kv_cache.static:
-            pos = kv_cache.step_pos  # (1,): indexing keeps a (1, ...) axis that broadcasts over rows
-            x = t.wte.forward(idx) + (t.wpe.forward(pos) if t.wpe is not None else 0)  # (B, C)
-            rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_encoding == "rope" else None
+            pos = kv_cache.step_pos  # (1,)
         else:
             assert kv_cache.pos < self.config.block_size, "the caller must slide the window"
-            x = t.wte.forward(idx)
-            if t.wpe is not None:
-                x = x + t.wpe.weight[kv_cache.pos]
-            rope = self.rope_for(kv_cache.pos, 1)
+            pos = slice(kv_cache.pos, kv_cache.pos + 1)
+        # either way, indexing by `pos` keeps a (1, ...) axis that broadcasts over the rows
+        x = t.wte.forward(idx)  # (B, C)
+        if t.wpe is not None:
+            x = x + t.wpe.weight[pos]  # learned position
+        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_encoding == "rope" else None
         for block in t.h:
             x = block.decode_step(x, rope, kv_cache)
         if not kv_cache.static:  # a static step advances when it ends
