@@ -3,9 +3,9 @@
 Prints, measured in one run so the ratios hold on a noisy machine:
   1. tokens/s for N new tokens (default 500) with the KV cache and with the no-cache reference path
      (`--no-cache`: a full forward over the window at every step), at several prompt lengths, best of
-     3 interleaved runs of each (every run is printed too; ~4 minutes in all on 2 CPU cores); with
-     --compile, `gptkit sample --compile`'s path too (the decode step through torch.compile), in the
-     same interleaved runs;
+     3 runs of each, interleaved across paths and prompt lengths (every run is printed too; ~4 minutes
+     in all on 2 CPU cores); with --compile, `gptkit sample --compile`'s path too (the decode step
+     through torch.compile), in the same interleaved runs;
   2. the per-token time by context length: flat with the cache, growing without it;
   3. when `transformers` is installed, `GPT2LMHeadModel.generate` (its own KV cache) with the same
      dims and weights, greedy, inside one block (GPT-2 cannot go past its positions), best of 3
@@ -200,22 +200,25 @@ def main() -> None:
         if engine.compiled:
             print(f"compiled the decode step in {time.perf_counter() - t0:.1f} s")
     first = None
-    for ctx in contexts:
-        prompt = [i % BABY.vocab_size for i in range(ctx)]
-        runs: dict[str, list] = {name: [] for name in (*cached, "no cache")}
-        for _ in range(args.repeat):  # interleaved, best of `repeat`: this machine's speed drifts between runs
+    prompts = {ctx: [i % BABY.vocab_size for i in range(ctx)] for ctx in contexts}
+    # interleaved across engines and prompt lengths alike, best of `repeat`: this machine's speed drifts
+    # within minutes, and each round then meets every prompt length, not only the last ones
+    runs = {ctx: {name: [] for name in (*cached, "no cache")} for ctx in contexts}
+    for _ in range(args.repeat):
+        for ctx, prompt in prompts.items():
             for name, engine in (*cached.items(), ("no cache", plain)):
-                runs[name].append(timed_run(engine, prompt, n))
-        best = {name: max(r, key=lambda t: t[0]) for name, r in runs.items()}
+                runs[ctx][name].append(timed_run(engine, prompt, n))
+    for ctx in contexts:
+        best = {name: max(r, key=lambda t: t[0]) for name, r in runs[ctx].items()}
         tps_p, times_p, ids_p, _ = best["no cache"]
         print(f"\nprompt {ctx:3d} tokens, {n} new, best of {args.repeat}: no cache {tps_p:6.1f} tokens/s "
-              f"(every run: {' '.join(f'{r[0]:.1f}' for r in runs['no cache'])})")
+              f"(every run: {' '.join(f'{r[0]:.1f}' for r in runs[ctx]['no cache'])})")
         flat_p = by_context(times_p, ctx, BABY.block_size, plain.keep)
         for name, engine in cached.items():
             tps_c, times_c, ids_c, logits_c = best[name]
             first = first or (tps_c, ids_c, logits_c)
             print(f"  {name:15s} {tps_c:7.1f} tokens/s | {tps_c / tps_p:5.1f}x no cache | same greedy text: "
-                  f"{ids_c == ids_p} | every run: {' '.join(f'{r[0]:.0f}' for r in runs[name])}")
+                  f"{ids_c == ids_p} | every run: {' '.join(f'{r[0]:.0f}' for r in runs[ctx][name])}")
             flat_c = by_context(times_c, ctx, BABY.block_size, engine.keep)
             print(f"    ms/token ({name} vs no cache) by context length:", " | ".join(
                 f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}"
