@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gptkit.generate import Engine
+from gptkit.generate import Engine, row_seed
 from gptkit.sampling import SamplingParams
 from gptkit.tokenizer import Tokenizer
 
@@ -71,6 +71,7 @@ class Sample:
     """One generated continuation of a prompt."""
 
     index: int  # which of the prompt's samples
+    seed: int = 0  # its own seed: `--seed` with one sample reproduces it alone
     text: str = ""  # the continuation (without the prompt, a stop string or end-of-text)
     token_ids: list[int] = field(default_factory=list)  # every generated id, incl. a final stop/eos token
     logprobs: list[float] = field(default_factory=list)  # the model's log-probability of each id
@@ -84,7 +85,7 @@ class Result:
     prompt: str
     prompt_tokens: int
     samples: list[Sample]
-    seed: int  # the seed used (drawn at random when none was given): reproduces these samples
+    seed: int  # the batch's seed (drawn at random when none was given): sample r's is row_seed(seed, r)
     seconds: float = 0.0
     first_token_seconds: float | None = None
 
@@ -105,7 +106,7 @@ def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequ
     on_text(sample index, text) is called as each piece of a sample's text becomes final.
     """
     seed = secrets.randbits(63) if seed is None else seed
-    samples = [Sample(i) for i in range(engine.num_samples)]
+    samples = [Sample(i, row_seed(seed, i)) for i in range(engine.num_samples)]
     streams = [TextStream(stops) for _ in samples]
     live = set(range(len(samples)))
     result = Result(prompt, len(prompt_ids), samples, seed)

@@ -38,6 +38,12 @@ class Step:
     logits: torch.Tensor  # (B, V) the model's logits they were chosen from
 
 
+def row_seed(seed: int, offset: int) -> int:
+    """The seed of the sample `offset` places after the one seeded `seed`: every sample of a batch
+    (and every line of a `--lines` job) gets its own, so each can be reproduced alone."""
+    return (seed + offset) % 2**63  # seeds are 0 ... 2**63 - 1 (`config.check_seed`)
+
+
 def window_start(start: int, length: int, block_size: int, keep: int) -> int:
     """Where the context begins once the sequence is `length` long (it began at `start`)."""
     return start if length - start <= block_size else length - keep
@@ -116,15 +122,20 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams | None = None,
                  seed: int | None = None) -> Iterator[Step]:
-        """Yield `max_new_tokens` steps continuing prompt_ids in every row; stop iterating to stop early."""
+        """Yield `max_new_tokens` steps continuing prompt_ids in every row; stop iterating to stop early.
+
+        Row r samples from its own random stream, seeded `row_seed(seed, r)`: with the same seed a
+        row's tokens are those of a one-row run seeded `row_seed(seed, r)` (to the logits' last
+        bits, which the batch width may change as the thread count does).
+        """
         if not prompt_ids:
             raise ValueError("generate needs at least one prompt token")
         if max_new_tokens <= 0:
             return
         params = params or SamplingParams()
         B, P, V = self.num_samples, len(prompt_ids), self.model.config.vocab_size
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+        seed = secrets.randbits(63) if seed is None else seed
+        generators = [torch.Generator(device=self.device).manual_seed(row_seed(seed, r)) for r in range(B)]
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         hist = torch.empty(B, P + max_new_tokens, dtype=torch.long, device=self.device)  # every row's sequence
         hist[:, :P] = prompt
@@ -137,7 +148,7 @@ class Engine:
         logits = forward_last(self.model, prompt[None, start:], self.cache).expand(B, V)
         n = P
         for i in range(max_new_tokens):
-            ids, logprobs = sample_next_token(logits, params, seen, generator)
+            ids, logprobs = sample_next_token(logits, params, seen, generators)
             hist[:, n] = ids
             n += 1
             if seen is not None:

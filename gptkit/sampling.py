@@ -9,6 +9,7 @@ It does not run the model, hold a KV cache or know about text; `generate.py` doe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,12 +65,19 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
+    big = torch.finfo(logits.dtype).max  # an extreme penalty must not overflow a logit to ±inf
+    return torch.where(seen, penalised.clamp(-big, big), logits)
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, then top-k, top-p and min-p, on float32 logits (B, V). Needs temperature > 0."""
-    logits = logits.float() / params.temperature
+    """Temperature, then top-k, top-p and min-p, on float32 logits (B, V). Needs temperature > 0.
+
+    Each row's largest logit is subtracted first (softmax is unchanged by it): the most likely token
+    then sits at 0, so a temperature near 0 sends the others to -inf instead of overflowing every
+    logit to ±inf, and the distribution tends to greedy as it should.
+    """
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / params.temperature
     if params.top_k is not None:
         logits = top_k_filter(logits, params.top_k)
     logits = top_p_filter(logits, params.top_p)
@@ -77,9 +85,12 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample_next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V) -> (next ids (B,), their log-probabilities under the model (B,)).
 
+    `generator`: one for the whole batch, or one per row (each row then draws from its own random
+    stream, so a row's tokens do not depend on how many rows there are).
     The log-probability is the model's own (temperature 1, no penalty or filter), so it scores the
     text rather than the sampling settings that produced it.
     """
@@ -89,6 +100,10 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.
         ids = shaped.argmax(dim=-1)
     else:
         probs = torch.softmax(filter_logits(shaped, params), dim=-1)
-        ids = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+        gens = [generator] if generator is None or isinstance(generator, torch.Generator) else list(generator)
+        if len(gens) == 1:  # one stream for the batch (or the only row)
+            ids = torch.multinomial(probs, num_samples=1, generator=gens[0]).squeeze(-1)
+        else:
+            ids = torch.cat([torch.multinomial(probs[r], num_samples=1, generator=g) for r, g in enumerate(gens)])
     logprobs = torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
     return ids, logprobs

@@ -13,7 +13,7 @@ import torch
 
 from gptkit import checkpoint, linear
 from gptkit.completion import TextStream, complete
-from gptkit.generate import Engine, generate
+from gptkit.generate import Engine, generate, row_seed
 from gptkit.linear import decode_layout
 from gptkit.sampling import (
     SamplingParams,
@@ -120,6 +120,19 @@ def test_seed_reproduces_and_samples_are_independent(char_model):
     assert all(row == list(generate(model, prompt, 40, temperature=0)) for row in g.tolist())
 
 
+def test_each_row_is_the_one_row_run_of_its_own_seed(char_model):
+    """Row r of a batch seeded s samples what a one-row run seeded row_seed(s, r) does, so any sample
+    of `--num-samples` (or of a `--lines` job) can be reproduced alone from the seed it reports."""
+    model, tok = char_model
+    prompt, params = tok.encode("JULIET:"), SamplingParams(temperature=0.9, top_k=20)
+    seed = 2**63 - 2  # the largest seeds wrap around to 0
+    batch, _ = run(Engine(model, num_samples=3), prompt, 60, params, seed=seed)
+    assert [row_seed(seed, r) for r in range(3)] == [2**63 - 2, 2**63 - 1, 0]
+    for r in range(3):
+        alone, _ = run(Engine(model), prompt, 60, params, seed=row_seed(seed, r))
+        assert alone[0].tolist() == batch[r].tolist()
+
+
 def test_batch_rows_are_independent_draws_from_the_model(char_model):
     """4000 rows of one step: first-token frequencies match softmax(logits) (total variation < 0.06)."""
     model, tok = char_model
@@ -164,6 +177,21 @@ def test_sampling_follows_the_filtered_distribution():
     for k_row in (sample_next_token(HAND, SamplingParams(temperature=0))[0], sample_next_token(
             HAND, SamplingParams(temperature=1.0, top_k=1), generator=g)[0]):
         assert k_row.tolist() == [0, 3]  # greedy, and top-k 1, pick each row's most likely token
+
+
+def test_extreme_temperature_and_penalty_stay_finite():
+    """Tiny temperatures and extreme penalties are valid flags: no logit may overflow to ±inf (a NaN
+    distribution). A vanishing temperature is greedy in the limit, with any filter on top."""
+    g = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(temperature=1e-40), SamplingParams(temperature=1e-40, top_k=3, top_p=0.5, min_p=0.1)):
+        assert sample_next_token(HAND, params, generator=g)[0].tolist() == [0, 3]
+    mixed = torch.tensor([[2.0, -3.0, 0.5, -0.1], [-2.0, 3.0, -0.5, 0.1]])
+    seen = torch.ones(mixed.shape, dtype=torch.bool)
+    for penalty in (1e-40, 1e40):  # divides the positive logits, multiplies the negative ones
+        assert torch.isfinite(apply_repetition_penalty(mixed, seen, penalty)).all()
+        for t in (1.0, 1e-40):
+            ids, logprobs = sample_next_token(mixed, SamplingParams(temperature=t, repetition_penalty=penalty), seen, g)
+            assert torch.isfinite(logprobs).all() and ids.min() >= 0 and ids.max() < 4
 
 
 def test_stop_strings_cut_exactly_and_hold_back_only_a_possible_start():
