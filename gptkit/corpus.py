@@ -42,16 +42,32 @@ class Source:
         return len(self.text.encode("utf-8"))
 
 
-def decode_utf8(data: bytes, name: str, cut: bool = False) -> str:
+def decode_utf8(data: bytes, name: str, cut: bool = False, empty_ok: bool = False) -> str:
     """Bytes -> text, rejecting binary files, invalid UTF-8 (with the offset of the first bad byte) and
-    empty or whitespace-only text. With `cut`, `data` is only the start of a file: a character cut off
-    at its end is dropped, and emptiness is not judged (the rest may hold text)."""
+    (unless `empty_ok`) empty or whitespace-only text. With `cut`, `data` is only the start of a file:
+    a character cut off at its end is dropped, and emptiness is not judged (the rest may hold text)."""
     text = check_text(data, name, cut=cut)
     if text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark is not part of the text
-    if not cut and not text.strip():
+    if not (cut or empty_ok) and not text.strip():
         raise InputError(f"{name} is empty or only whitespace; give a file with some text in it")
     return text
+
+
+def argument_text(text: str, name: str) -> str:
+    """A command-line argument as text, or the same one-line error as a file of invalid UTF-8: Python
+    decodes the command line with surrogateescape, so each byte that is not UTF-8 arrives as a lone
+    surrogate, which would fail later (and far from here) when the text is encoded."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")  # the bytes the user typed
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raise InputError(f"{name} is not valid Unicode text") from None
+    return decode_utf8(data, name, empty_ok=True)
 
 
 def read_text(path: str | Path) -> str:

@@ -38,6 +38,7 @@ def make_work(root: Path) -> Path:
                                                max_iters=4, eval_interval=2, eval_iters=1, device="cpu"))
     train(mc, tc, str(root / "tiny.txt"), root / "store" / "run", root / "store")
     (root / "empty.txt").write_bytes(b"")
+    (root / "bom.txt").write_bytes(b"\xef\xbb\xbf")  # a byte-order mark and nothing else: empty text
     (root / "blank.txt").write_bytes(b"  \n\t\n   \n")
     (root / "binary.dat").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
@@ -122,10 +123,32 @@ def test_empty_and_whitespace_only_files(work, capsys, monkeypatch, command, nam
     refused(capsys, work, args, code, name, "empty" if name == "empty.txt" else "whitespace")
 
 
-def test_an_empty_prompt_file_is_a_valid_empty_prompt(work, capsys, monkeypatch):
+@pytest.mark.parametrize("name", ["empty.txt", "bom.txt"])
+def test_an_empty_prompt_file_is_a_valid_empty_prompt(work, capsys, monkeypatch, name):
     monkeypatch.chdir(work)
-    proc = run_here(capsys, "sample", "-c", RUN, "--prompt-file", "empty.txt", "-n", "5", "--seed", "1")
+    proc = run_here(capsys, "sample", "-c", RUN, "--prompt-file", name, "-n", "5", "--seed", "1")
     assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout) >= 5  # documented, not an error
+
+
+def test_a_command_line_argument_that_is_not_utf8(work, capsys, monkeypatch):
+    """Python hands argv's bytes that are not UTF-8 over as lone surrogates: they are named like a
+    file's bad byte, instead of failing later (a traceback when the prompt is echoed)."""
+    monkeypatch.chdir(work)
+    bad = b"ROM\xe9O".decode("utf-8", "surrogateescape")
+    for args in (["sample", "-c", RUN, "-p", bad], ["tokenize", bad, "-t", "byte"]):
+        refused(capsys, work, args, INPUT, "not valid UTF-8", "0xe9", "byte offset 3")
+
+
+def test_extreme_but_valid_sampling_values(work, capsys, monkeypatch):
+    """A temperature of 1e-40 divides the logits past float32's range unless handled: it is greedy in
+    the limit. Extreme repetition penalties overflow the same way."""
+    monkeypatch.chdir(work)
+    base = ["sample", "-c", RUN, "-p", "the", "-n", "20", "--seed", "1"]
+    greedy = run_here(capsys, *base, "-t", "0")
+    assert greedy.returncode == 0 and run_here(capsys, *base, "-t", "1e-40").stdout == greedy.stdout
+    for penalty in ("1e-40", "1e40"):
+        proc = run_here(capsys, *base, "--repetition-penalty", penalty)
+        assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout) >= 20, proc.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS_READING_A_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -66,23 +67,28 @@ def test_stop_string_spanning_tokens_is_cut_exactly(trained_run, tmp_path):
 
 
 def test_lines_json_is_one_valid_object_per_sample_in_order(trained_run, tmp_path):
-    prompts = ["ROMEO:", "", "To be, or not"]
+    prompts = ["ROMEO:", "", "To be, or not", "ROMEO:"]
     args = ("--lines", "--json", "--num-samples", "2", "-n", "30", "--seed", "3", "--top-p", "0.9")
     out = sample(trained_run["run_dir"], *args, input="\n".join(prompts) + "\n", cwd=tmp_path)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["prompt_index"], r["sample"], r["prompt"]) for r in rows] == \
         [(i, j, p) for i, p in enumerate(prompts) for j in range(2)]
-    for r in rows:
+    for k, r in enumerate(rows):
         assert r["finish_reason"] == "length" and len(r["token_ids"]) == len(r["logprobs"]) == 30
-        assert len(r["text"]) == 30 and all(lp <= 0 for lp in r["logprobs"]) and r["seed"] == 3
+        assert len(r["text"]) == 30 and all(lp <= 0 for lp in r["logprobs"])
+        assert r["seed"] == 3 + k  # every sample of the job its own seed
         assert r["timing"]["tokens_per_second"] > 0
     assert rows[0]["text"] != rows[1]["text"]  # two independent samples of one prompt
+    assert rows[0]["text"] != rows[6]["text"]  # and of the same prompt on another line
     again = sample(trained_run["run_dir"], *args, input="\n".join(prompts) + "\n", cwd=tmp_path)
     assert [r["text"] for r in rows] == [json.loads(x)["text"] for x in again.stdout.splitlines()]  # --seed
+    alone = sample(trained_run["run_dir"], "-f", "-", "--json", "-n", "30", "--top-p", "0.9", "--seed",
+                   str(rows[5]["seed"]), input="To be, or not", cwd=tmp_path)  # `-f -`: stdin
+    assert json.loads(alone.stdout)["text"] == rows[5]["text"]  # one sample of the batch, reproduced alone
     plain = sample(trained_run["run_dir"], *(a for a in args if a != "--json"), input="\n".join(prompts) + "\n",
                    cwd=tmp_path)
     lines = plain.stdout.split("\n")
-    assert len(lines) == 7 and lines[-1] == ""  # one result per line, newlines inside escaped
+    assert len(lines) == 9 and lines[-1] == ""  # one result per line, newlines inside escaped
     for line, r in zip(lines, rows, strict=False):
         assert line == r["prompt"] + r["text"].replace("\\", "\\\\").replace("\n", "\\n")
 
@@ -117,12 +123,39 @@ def test_output_streams_before_generation_ends(trained_run, tmp_path):
     (["--num-samples", "0"], "--num-samples"),
     (["--stop", ""], "--stop"),
     (["--threads", "0"], "--threads"),
+    (["--compile", "--no-cache"], "--no-cache"),
     (["-p", "a", "--prompt-file", "p.txt"], "not both"),
     (["-c", "ghost"], "ghost"),
     ([], "no runs"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, args, needle):
     assert_one_line_error(run_cli("sample", *args, cwd=tmp_path, input=""), needle)
+
+
+def test_a_failed_write_to_stdout_is_one_line(trained_run, tmp_path):
+    """A full disk (`> /dev/full`) or a closed stdout (`>&-`): one error line, not a traceback."""
+    cmd = [sys.executable, "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "5"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert_one_line_error(proc, "writing the output failed", "no space left")
+    assert proc.returncode == 1
+    for args in (cmd, [sys.executable, "-m", "gptkit", "--help"]):
+        proc = subprocess.run(shlex.join(args) + " >&-", shell=True, capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+        assert_one_line_error(proc, "writing the output failed", "stdout is closed")
+
+
+def test_unicode_whitespace_is_a_valid_prompt(korean_bytes, tmp_path):
+    """Only ASCII whitespace used to pass as an empty-looking prompt; an ideographic or no-break space
+    (or a file holding only a byte-order mark) was refused as an empty file."""
+    from gptkit.cli.sample_cmd import read_prompt_text
+
+    for text in ("\u3000", "\u00a0\n", "\ufeff"):
+        (tmp_path / "p.txt").write_text(text, encoding="utf-8")
+        assert read_prompt_text(None, tmp_path / "p.txt") == text.removeprefix("\ufeff")
+    out = sample(korean_bytes, "-n", "5", "-t", "0", "--json", input="\u3000", cwd=tmp_path)
+    assert json.loads(out.stdout)["prompt"] == "\u3000" and len(json.loads(out.stdout)["token_ids"]) == 5
 
 
 def test_prompt_outside_the_char_vocabulary(trained_run, tmp_path):

@@ -8,7 +8,9 @@ Importing this module must not import torch (`gptkit --help` stays fast; a test 
 
 from __future__ import annotations
 
+import errno
 import inspect
+import io
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,11 +69,40 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # the reader of our stdout went away (e.g. `| head`): stop quietly, like other Unix tools
-        try:
-            sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - avoid a second error at interpreter exit
-        except OSError:
-            pass
+        _drop_stdout()
         raise typer.Exit(0) from None
+    except OSError as e:
+        if DEBUG["on"]:
+            raise
+        raise fail(write_failed(e)) from None
+
+
+def write_failed(e: OSError) -> str:
+    """The one-line message for an OSError that reached the top. Every file gptkit opens turns its
+    failures into GptkitErrors; what is left is the output itself: stdout on a full disk
+    (`> /dev/full`) or closed (`>&-`, see ClosedOutput)."""
+    _drop_stdout()
+    return f"{'writing the output' if e.filename is None else repr(e.filename)} failed: {e.strerror or e}"
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the text it still buffers cannot fail a second time at exit."""
+    try:
+        sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - kept open until the process ends
+    except OSError:
+        pass
+
+
+class ClosedOutput(io.TextIOBase):
+    """stdout when the shell closed it (`>&-`), where Python sets sys.stdout to None: writing fails
+    as an OSError, which `handle_errors` reports in one line like any other failed write."""
+
+    def write(self, text: Any) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    @property
+    def buffer(self) -> ClosedOutput:  # binary writes fail the same way
+        return self
 
 
 def preset_default(name: str, default: Any) -> str:
@@ -140,6 +171,8 @@ def _click_exceptions() -> tuple[type, type, tuple[type, ...]]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning click's usage errors into one line."""
     click_error, usage_error, abort = _click_exceptions()
+    if sys.stdout is None:
+        sys.stdout = ClosedOutput()
     try:
         rv = app(args=argv, prog_name="gptkit", standalone_mode=False)
     except usage_error as e:
@@ -157,4 +190,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except BrokenPipeError:  # --help or --version into `| head`
+        _drop_stdout()
+        sys.exit(0)
+    except OSError as e:  # --help or --version into a full disk or a closed stdout
+        if DEBUG["on"]:
+            raise
+        typer.echo(f"error: {write_failed(e)}", err=True)
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

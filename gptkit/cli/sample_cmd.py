@@ -42,12 +42,12 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 
 
 def read_prompt_text(prompt: str | None, prompt_file: Path | None, lines: bool = False) -> str:
-    """The prompt text from --prompt, --prompt-file, or stdin (empty when stdin is a terminal)."""
-    from gptkit.corpus import decode_utf8
+    """The prompt text from --prompt, --prompt-file (`-`: stdin), or stdin (empty when stdin is a terminal)."""
+    from gptkit.corpus import argument_text, decode_utf8
 
     if prompt is not None:
-        return prompt
-    if prompt_file is not None:
+        return argument_text(prompt, "--prompt")
+    if prompt_file is not None and str(prompt_file) != "-":  # `-f -` reads stdin, as elsewhere
         try:
             data, name = prompt_file.read_bytes(), repr(str(prompt_file))
         except OSError as e:
@@ -58,8 +58,7 @@ def read_prompt_text(prompt: str | None, prompt_file: Path | None, lines: bool =
         return ""
     else:
         data, name = sys.stdin.buffer.read(), "the prompt on stdin"
-    # whitespace-only (or empty) is a valid prompt; decode_utf8 checks everything else
-    return data.decode("ascii") if not data.strip() else decode_utf8(data, name)
+    return decode_utf8(data, name, empty_ok=True)  # an empty or whitespace-only prompt is valid
 
 
 def split_lines(text: str) -> list[str]:
@@ -141,7 +140,7 @@ def sample_record(result: Any, s: Any, prompt_index: int) -> dict[str, Any]:
         "prompt_index": prompt_index, "sample": s.index, "prompt": result.prompt, "text": s.text,
         "finish_reason": s.finish_reason, "token_ids": s.token_ids,
         "logprobs": [round(x, 5) for x in s.logprobs], "prompt_tokens": result.prompt_tokens,
-        "seed": result.seed,
+        "seed": s.seed,
         "timing": {"seconds": round(result.seconds, 4),
                    "first_token_seconds": None if result.first_token_seconds is None
                    else round(result.first_token_seconds, 4),
@@ -168,7 +167,7 @@ def decode_threads(at_start: cpuload.CpuSample, most: int) -> int:
 @app.command("sample")
 def sample_command(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue [default: stdin if piped]"),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", "-f", help="read the prompt from a file"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", "-f", help="read the prompt from a file (- for stdin)"),
     lines: bool = typer.Option(False, "--lines", help="one prompt per input line, one result per output line"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per sample: text, ids, logprobs, finish reason, timing"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
@@ -200,6 +199,8 @@ def sample_command(
         stops = stop or []
         if prompt is not None and prompt_file is not None:
             raise UsageError("give --prompt or --prompt-file, not both")
+        if compile and no_cache:
+            raise UsageError("--compile compiles the KV-cache decode step, which --no-cache does not use; drop one")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
         # for --threads' default: how busy the machine is while torch and the checkpoint load
         cpus_at_start = cpuload.sample() if threads is None else None
@@ -212,7 +213,7 @@ def sample_command(
 
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete
-        from gptkit.generate import Engine
+        from gptkit.generate import Engine, row_seed
         from gptkit.linear import decode_layout
         from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
         from gptkit.sampling import SamplingParams
@@ -240,7 +241,9 @@ def sample_command(
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
             printer.begin(p)
-            result = complete(engine, tokenizer, p, ids, max_new_tokens, params, seed, stops,
+            # every sample of the job its own seed (see row_seed): lines are independent, each reproducible alone
+            line_seed = None if seed is None else row_seed(seed, i * num_samples)
+            result = complete(engine, tokenizer, p, ids, max_new_tokens, params, line_seed, stops,
                               tokenizer.eot_id, printer.on_text)
             printer.end(result, i)
             if stats or verbose:

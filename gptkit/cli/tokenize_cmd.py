@@ -59,15 +59,12 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
 
 def read_input(text: str | None, file: Path | None, as_path: bool) -> str:
     """The text to work on: the argument (a path when `as_path`), --file, `-` or a pipe on stdin."""
-    from gptkit.corpus import decode_utf8, read_text
+    from gptkit.corpus import argument_text, decode_utf8, read_text
 
     if file is not None or (as_path and text not in (None, "-")):
         return read_text(file if file is not None else text)
     if text is not None and text != "-":
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError("the TEXT argument is not valid UTF-8; pass the text in a file with --file") from None
+        text = argument_text(text, "the TEXT argument")
         if not text:
             raise InputError("the TEXT argument is empty; give some text")
         return text
