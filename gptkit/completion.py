@@ -71,7 +71,7 @@ class Sample:
     """One generated continuation of a prompt."""
 
     index: int  # which of the prompt's samples
-    seed: int = 0  # its own seed: `--seed` with one sample reproduces it alone
+    seed: int  # its own (`generate.row_seed`): `--seed` with it and one sample reproduces it alone
     text: str = ""  # the continuation (without the prompt, a stop string or end-of-text)
     token_ids: list[int] = field(default_factory=list)  # every generated id, incl. a final stop/eos token
     logprobs: list[float] = field(default_factory=list)  # the model's log-probability of each id
@@ -85,7 +85,6 @@ class Result:
     prompt: str
     prompt_tokens: int
     samples: list[Sample]
-    seed: int  # the batch's seed (drawn at random when none was given): sample r's is row_seed(seed, r)
     seconds: float = 0.0
     first_token_seconds: float | None = None
 
@@ -105,11 +104,11 @@ def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequ
 
     on_text(sample index, text) is called as each piece of a sample's text becomes final.
     """
-    seed = secrets.randbits(63) if seed is None else seed
+    seed = secrets.randbits(63) if seed is None else seed  # drawn here, so each sample can report its own
     samples = [Sample(i, row_seed(seed, i)) for i in range(engine.num_samples)]
     streams = [TextStream(stops) for _ in samples]
     live = set(range(len(samples)))
-    result = Result(prompt, len(prompt_ids), samples, seed)
+    result = Result(prompt, len(prompt_ids), samples)
     t0 = time.perf_counter()
     for step in engine.generate(prompt_ids, max_new_tokens, params, seed):
         if result.first_token_seconds is None:
