@@ -280,14 +280,19 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     need(tc.weight_decay >= 0, f"--weight-decay must be 0 or more, got {tc.weight_decay}")
     need(0 <= tc.beta1 < 1 and 0 <= tc.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
     need(tc.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {tc.grad_clip}")
-    need(tc.vocab_size is None or tc.vocab_size >= 256,
-         f"--vocab-size must be at least 256 for bpe (the 256 byte tokens), got {tc.vocab_size}")
+    check_bpe_vocab(tc.vocab_size)
     check_seed(tc.seed)
     for obj in (mc, tc):
         for name, choices in _CHOICES.items():
             if hasattr(obj, name):
                 v = getattr(obj, name)
                 need(v in choices, f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {v!r}")
+
+
+def check_bpe_vocab(vocab_size: int | None) -> None:
+    """A bpe target rustbpe can train: the 256 byte tokens at least, and a 32-bit count."""
+    if vocab_size is not None and not 256 <= vocab_size < 2**32:
+        raise UsageError(f"--vocab-size must be from 256 (the 256 byte tokens) to 2**32-1, got {vocab_size}")
 
 
 def check_seed(seed: int | None) -> None:

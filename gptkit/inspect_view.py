@@ -266,6 +266,15 @@ def render_neighbors(console: Console, nb: dict[str, Any], shown: int = 5) -> No
                   f"KL(neighbours ‖ model) = {nb['kl_approx_model']:.3f} nats", markup=False)
 
 
+class StdoutConsole(Console):
+    """rich's Console for stdout, except that a closed pipe (`gptkit inspect | head`) raises
+    BrokenPipeError, which the CLI ends quietly with 0 like other Unix tools; rich's own handler
+    exits with 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def render(console: Console, summary: dict[str, Any], res: dict[str, Any] | None = None,
            nb: dict[str, Any] | None = None, layer: int | None = None, head: int | None = None,
            numbers: bool = False, k: int = 10) -> None:

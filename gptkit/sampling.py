@@ -77,7 +77,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     logit to ±inf, and the distribution tends to greedy as it should.
     """
     logits = logits.float()
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / params.temperature
+    t = max(params.temperature, torch.finfo(torch.float32).tiny)  # 1e-320 would be 0 in float32: 0/0
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / t
     if params.top_k is not None:
         logits = top_k_filter(logits, params.top_k)
     logits = top_p_filter(logits, params.top_p)

@@ -135,7 +135,7 @@ def test_a_command_line_argument_that_is_not_utf8(work, capsys, monkeypatch):
     file's bad byte, instead of failing later (a traceback when the prompt is echoed)."""
     monkeypatch.chdir(work)
     bad = b"ROM\xe9O".decode("utf-8", "surrogateescape")
-    for args in (["sample", "-c", RUN, "-p", bad], ["tokenize", bad, "-t", "byte"]):
+    for args in (["sample", "-c", RUN, "-p", bad], ["tokenize", bad, "-t", "byte"], ["inspect", RUN, "-p", bad]):
         refused(capsys, work, args, INPUT, "not valid UTF-8", "0xe9", "byte offset 3")
 
 
@@ -145,7 +145,9 @@ def test_extreme_but_valid_sampling_values(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     base = ["sample", "-c", RUN, "-p", "the", "-n", "20", "--seed", "1"]
     greedy = run_here(capsys, *base, "-t", "0")
-    assert greedy.returncode == 0 and run_here(capsys, *base, "-t", "1e-40").stdout == greedy.stdout
+    assert greedy.returncode == 0
+    for t in ("1e-40", "1e-320"):  # below float32's smallest number, and below its smallest normal one
+        assert run_here(capsys, *base, "-t", t).stdout == greedy.stdout, t
     for penalty in ("1e-40", "1e40"):
         proc = run_here(capsys, *base, "--repetition-penalty", penalty)
         assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout) >= 20, proc.stderr
@@ -245,6 +247,16 @@ def test_absurd_sizes_are_refused_against_available_memory(work, capsys, monkeyp
         (["sample", "-c", RUN, "-p", "a", "-n", "10000000000000"], ["--max-new-tokens"]),
     ]:
         refused(capsys, work, args, USAGE, "memory", "available", *needles)
+
+
+def test_numbers_too_large_for_the_libraries_below(work, capsys, monkeypatch):
+    """rustbpe counts its vocabulary in 32 bits and torch its threads in a C int: past those, one
+    line naming the flag instead of an OverflowError from inside the library."""
+    monkeypatch.chdir(work)
+    for args in (["tokenize", "hello", "-t", "bpe", "--vocab-size", str(2**32)],
+                 ["train", "tiny.txt", "--checkpoints", "store", "--tokenizer", "bpe", "--vocab-size", str(2**32)],
+                 ["sample", "-c", RUN, "-p", "a", "--threads", str(2**31)]):
+        refused(capsys, work, args, USAGE, args[-2])
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])

@@ -40,6 +40,18 @@ def test_summary_of_the_newest_run(trained_run):
     assert "val loss curve:" in out and "format version 1" in out
 
 
+def test_a_closed_pipe_ends_quietly_with_0(trained_run, tmp_path):
+    """`gptkit inspect | head`: rich's console exits 1 when its pipe closes; inspect ends with 0, like
+    tokenize, sample and other Unix tools. The reading end is closed before inspect writes anything."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "inspect", str(trained_run["run_dir"])], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and err == b"", err
+
+
 def test_json_holds_every_number(trained_run, tmp_path):
     page = tmp_path / "view.html"
     proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))

@@ -79,6 +79,10 @@ def inspect_command(
     logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text."""
     with handle_errors():
         check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save)
+        if prompt is not None:
+            from gptkit.corpus import argument_text
+
+            prompt = argument_text(prompt, "--prompt")
         checkpoint = one_checkpoint(checkpoint, checkpoint_option)
         from gptkit import checkpoint as ckpt
         from gptkit.introspect import summarize
@@ -94,11 +98,9 @@ def inspect_command(
         view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], layer=layer, head=head,
                     numbers=numbers, k=top_k)
         if not json_out:
-            from rich.console import Console
+            from gptkit.inspect_view import StdoutConsole, render
 
-            from gptkit.inspect_view import render
-
-            render(Console(), **view)
+            render(StdoutConsole(), **view)
         if save is not None:
             _save(save, view, len(out["analysis"]["tokens"]) if out["analysis"] else 0)
 

@@ -204,8 +204,8 @@ def sample_command(
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
         # for --threads' default: how busy the machine is while torch and the checkpoint load
         cpus_at_start = cpuload.sample() if threads is None else None
-        if threads is not None and threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
+        if threads is not None and not 1 <= threads <= 1024:
+            raise UsageError(f"--threads must be from 1 to 1024, got {threads}")
         check_seed(seed)
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")

@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from gptkit.cli.app import app, handle_errors
-from gptkit.config import TrainConfig
+from gptkit.config import TrainConfig, check_bpe_vocab
 from gptkit.errors import InputError, UsageError
 from gptkit.fsio import check_output_file
 
@@ -52,8 +52,7 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
         raise UsageError("--out needs the text file to tokenize: gptkit tokenize FILE --out DIR")
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    if vocab_size is not None and vocab_size < 256:
-        raise UsageError(f"--vocab-size must be at least 256 (the 256 byte tokens), got {vocab_size}")
+    check_bpe_vocab(vocab_size)
     return mode
 
 
