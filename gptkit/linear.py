@@ -2,7 +2,7 @@
 
 At batch 1 each new token multiplies one row by every weight matrix: matrix-vector products that
 read all the weights once per token, so their speed is how fast the weights stream from memory.
-MKL runs each on a single core, whatever torch's thread count, so on a CPU `Linear` cuts the
+On an AMD CPU MKL runs each on a single core, whatever torch's thread count, so there `Linear` cuts the
 weight into one slice per thread and multiplies the slices as one batch (`bmm` spreads a batch over
 the threads), with no copy of the weight. How it cuts depends on how the weight lies in memory:
 
@@ -11,10 +11,18 @@ the threads), with no copy of the weight. How it cuts depends on how the weight 
   blocks of its input rows, each one contiguous stretch of memory, whose partial products are added.
 
 MKL streams a weight fastest when its memory runs along the weight's longer side (benchmarks/sample.py
-measures it per shape). On this project's 2-core AMD CPU, weights streamed from RAM: a 384->1536
+measures it per shape). On a 2-core AMD EPYC (32 MB L3), weights streamed from RAM: a 384->1536
 projection at 29.5 GB/s column-major vs 18.6 row-major on two cores (18.5 vs 10.4 on one), a
 1536->384 one at 25.1 GB/s row-major vs 17.7 column-major. So `decode_layout(model)`, which
 `gptkit sample` applies on a CPU, stores the weights wider than they are long column-major.
+
+That is AMD's case (MKL takes a generic path there). On an Intel CPU MKL spreads a matrix-vector
+product over torch's threads itself, and reads row-major weights fastest: on a 2-core Intel Xeon
+(Emerald Rapids), weights from its 260 MB L3, F.linear on row-major weights streamed a 384->1536
+projection at 49.5 GB/s, against 45.8 split and 43.7 column-major, and a whole `baby` decode step
+took 1.46 ms against 1.55 split. So where `SPLIT` is False (MKL on an Intel CPU) `Linear` is plain
+`nn.Linear` and `decode_layout` leaves the weights as trained. Other CPUs keep the split, the layout
+measured faster where a product runs on one core.
 
 Everything else is `nn.Linear`'s: the same parameters and state-dict names, and `F.linear` for
 training, GPUs and long inputs. A compiled decode step on a CPU (`torch.compile`) traces the split
@@ -23,6 +31,8 @@ into its graph.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +40,29 @@ import torch.nn.functional as F
 DECODE_ROWS = 64  # Linear's split path serves up to this many rows (decode steps, short prompts)
 SPLIT_MIN = 1 << 16  # weights with fewer elements take F.linear: one core streams them faster than a split starts
 FULL_PRECISION = (torch.float32, torch.float64)  # weights whose column-major blocks are summed as partials
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor as the kernel reports it (GenuineIntel, AuthenticAMD, ...); "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def blas_threads_gemv() -> bool:
+    """Whether torch's BLAS spreads a one-row product over torch's threads by itself: MKL does on an
+    Intel CPU (see the module docstring). Decided by the machine, not measured at start, so that a
+    given machine always takes the same path and a seed the same text."""
+    return torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
+
+
+SPLIT = not blas_threads_gemv()  # whether decode steps split products across threads (tests set it)
 
 
 class Linear(nn.Linear):
@@ -50,7 +83,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the cheap tests first: this runs for every projection of every token
-        if not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features:
+        if SPLIT and not torch.is_grad_enabled() and x.is_cpu and x.numel() <= DECODE_ROWS * self.in_features:
             if torch.compiler.is_compiling():  # traced into the graph, where the views cost nothing
                 if self.compiled_parts > 1:
                     return SplitWeight(self.weight, self.bias, self.compiled_parts)(x)
@@ -64,14 +97,15 @@ class Linear(nn.Linear):
                     if key != self._slices_key:
                         self._slices, self._slices_key = SplitWeight(weight, bias, parts), key
                     return self._slices(x)
-        return F.linear(x, self.weight, self.bias)
+        params = self._parameters  # see above: `self.weight` costs more than the rest of this call
+        return F.linear(x, params["weight"], params["bias"])
 
 
 def trace_split() -> None:
     """Called where gptkit compiles: the graphs traced from now on split each decode product into
     torch's current thread count of parts, a constant in the graph (a compiled graph cannot ask
-    torch for its thread count)."""
-    Linear.compiled_parts = torch.get_num_threads()
+    torch for its thread count); none where `SPLIT` is False."""
+    Linear.compiled_parts = torch.get_num_threads() if SPLIT else 1
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -89,7 +123,10 @@ def decode_layout(model: nn.Module) -> nn.Module:
     order changes. Meant for inference: `gptkit sample` calls it after loading a checkpoint.
     A tied weight (lm_head = wte) is laid out once, for both. 16-bit weights are left as they are
     (`SplitWeight` would round their partial sums). Checkpoints are still written row-major
-    (`checkpoint` saves contiguous tensors). Returns the model."""
+    (`checkpoint` saves contiguous tensors). Where decode steps do not split (`SPLIT` False: MKL on
+    an Intel CPU, fastest on row-major weights) the weights stay as trained. Returns the model."""
+    if not SPLIT:
+        return model
     for module in model.modules():
         w = module.weight if isinstance(module, Linear) else None
         if w is not None and w.is_contiguous() and module.out_features > module.in_features \

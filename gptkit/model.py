@@ -67,11 +67,12 @@ class KVCache:
         B, end = k.size(0), self.pos + k.size(2)
         assert end <= self.max_len, "KV cache overflow: the caller must slide the window"
         keys, values = self.k[layer], self.v[layer]  # (B_max, nh, max_len, hs)
-        keys[:, :, self.pos:end] = k  # broadcasts a batch-1 prefill over every row
-        values[:, :, self.pos:end] = v
+        # narrow: one view op where keys[:, :, a:b] is three (this runs twice per layer and token)
+        keys.narrow(2, self.pos, end - self.pos).copy_(k)  # broadcasts a batch-1 prefill over every row
+        values.narrow(2, self.pos, end - self.pos).copy_(v)
         if B < keys.size(0):
             keys, values = keys[:B], values[:B]
-        return keys[:, :, :end], values[:, :, :end], None
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end), None
 
     def advance(self, n: int) -> None:
         self.mask[:, self.pos:self.pos + n] = 0.0

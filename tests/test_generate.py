@@ -60,6 +60,13 @@ def laid_out(model):
     return decode_layout(copy.deepcopy(model))
 
 
+def split_everything(monkeypatch) -> None:
+    """Decode steps split every projection across threads, however small (linear.SPLIT: a CPU whose
+    BLAS threads a one-row product itself, MKL on Intel, does not split; the tests take both paths)."""
+    monkeypatch.setattr(linear, "SPLIT", True)
+    monkeypatch.setattr(linear, "SPLIT_MIN", 0)
+
+
 def split_by_input(model) -> bool:
     """Whether some projection's last decode step split a column-major weight by its input rows."""
     return any(m._slices is not None and m._slices.by_input for m in model.modules() if isinstance(m, linear.Linear))
@@ -69,9 +76,9 @@ def split_by_input(model) -> bool:
 @pytest.mark.parametrize("which", ["char_model", "rope_model"])
 def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(request, monkeypatch, which, layout):
     model, tok = request.getfixturevalue(which)
-    if layout == "decode_layout":  # what `gptkit sample` decodes with on a CPU; every weight split on 2 threads
+    if layout == "decode_layout":  # what `gptkit sample` decodes with on an AMD CPU; every weight split on 2 threads
+        split_everything(monkeypatch)
         model = laid_out(model)
-        monkeypatch.setattr(linear, "SPLIT_MIN", 0)
         restore = contextlib.ExitStack()
         request.addfinalizer(restore.close)
         restore.enter_context(torch_threads(2))
@@ -249,7 +256,7 @@ def test_compiled_decode_step_on_cpu_matches_eager(request, monkeypatch, which, 
     from torch._inductor.utils import run_and_get_code
 
     model, tok = request.getfixturevalue(which)
-    monkeypatch.setattr(linear, "SPLIT_MIN", 0)  # split every weight, small ones too
+    split_everything(monkeypatch)
     if layout == "decode_layout":
         model = laid_out(model)
     prompt = tok.encode("ROMEO:")
@@ -278,7 +285,7 @@ def test_compiled_decode_step_on_cpu_matches_eager(request, monkeypatch, which, 
 def test_decoding_on_two_threads_gives_the_one_thread_text(char_model, monkeypatch, layout):
     """Two threads split each decode step's matrix-vector products (linear.Linear); the text must not change."""
     model, tok = char_model
-    monkeypatch.setattr(linear, "SPLIT_MIN", 0)  # split every weight, small ones too
+    split_everything(monkeypatch)
     if layout == "decode_layout":
         model = laid_out(model)
     prompt, params = tok.encode("ROMEO:"), SamplingParams(temperature=0.8, top_k=30)

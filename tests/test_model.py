@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import platform
+import sys
 
 import pytest
 import torch
@@ -103,7 +105,8 @@ def test_loss_at_init_is_about_ln_vocab():
 
 @pytest.fixture
 def split_small(monkeypatch):
-    """Split every weight, however small (the tests' weights are under SPLIT_MIN)."""
+    """Split every weight, however small (the tests' weights are under SPLIT_MIN), on any CPU (linear.SPLIT)."""
+    monkeypatch.setattr(linear, "SPLIT", True)
     monkeypatch.setattr(linear, "SPLIT_MIN", 0)
 
 
@@ -153,6 +156,28 @@ def test_linear_splits_only_small_inference_inputs_on_several_threads(split_smal
     with torch_threads(1), torch.no_grad():
         layer(one)
     assert parts == [2]
+
+
+def test_where_blas_threads_one_row_products_nothing_is_split_or_laid_out(monkeypatch):
+    """MKL on an Intel CPU threads a matrix-vector product itself and reads row-major weights fastest
+    (linear.SPLIT False): decode steps are plain F.linear and decode_layout leaves the weights alone."""
+    intel_mkl = torch.backends.mkl.is_available() and linear.cpu_vendor() == "GenuineIntel"
+    assert linear.blas_threads_gemv() == intel_mkl and linear.SPLIT == (not intel_mkl)  # this machine's path
+    if sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64"):
+        assert linear.cpu_vendor() in ("GenuineIntel", "AuthenticAMD")
+    monkeypatch.setattr(linear, "SPLIT", False)
+    monkeypatch.setattr(linear, "SPLIT_MIN", 0)
+    model = small()
+    weights = {n: p.data_ptr() for n, p in model.named_parameters()}
+    assert decode_layout(model) is model
+    assert all(p.is_contiguous() and p.data_ptr() == weights[n] for n, p in model.named_parameters())
+    idx = torch.randint(0, 50, (1, 12))
+    with torch_threads(2), torch.no_grad():
+        cache = KVCache(model.config, 1)
+        model(idx[:, :11], kv_cache=cache)
+        step = model.decode_step(idx[:, 11], cache)
+        assert torch.allclose(step, model(idx)[0][:, -1], atol=1e-5)
+    assert all(m._slices is None for m in model.modules() if isinstance(m, Linear))  # F.linear throughout
 
 
 def test_linear_follows_its_weights_when_they_change(split_small):

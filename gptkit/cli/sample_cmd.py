@@ -224,7 +224,7 @@ def sample_command(
         model.to(precision)
         if dev.type == "cpu":
             torch.set_num_threads(threads or decode_threads(cpus_at_start, torch.get_num_threads()))
-            decode_layout(model)  # wide weights column-major: MKL streams them faster, token by token
+            decode_layout(model)  # the weight layout this CPU decodes fastest from
         text = read_prompt_text(prompt, prompt_file, lines)
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
