@@ -6,12 +6,16 @@ byte offsets, the segments of the coloured text view (a character split across t
 segment, so the text stays readable), counts (characters, bytes, tokens, bytes per token) and the
 comparison table (tokens, bytes per token, tokens per character, vocabulary, share of tokens that
 split a character, held-out tokens per character on the last 10%).
+A text of many megabytes has tens of millions of tokens: the views stream them (`iter_tokens`,
+`iter_segments`), working out offsets for CHUNK_TOKENS tokens at a time and each id's piece once.
 It does not print or pick colours (the CLI renders), and it never imports torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from gptkit.tokenizer import (
 from gptkit.tokenizer_io import load_tokenizer
 
 HELD_OUT = 0.1  # the compare table's held-out part: the last 10% of the text, cut at a line
+CHUNK_TOKENS = 1 << 14  # tokens whose offsets and output the streaming views hold at a time: bounds their memory
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -78,15 +83,42 @@ class Boundaries:
 
 def boundaries(data: bytes, ids: np.ndarray, lengths: np.ndarray) -> Boundaries:
     """Offsets of `ids` (the encoding of the UTF-8 bytes `data`), computed with array operations."""
-    ends = np.cumsum(lengths[ids]) if len(ids) else np.zeros(0, dtype=np.int64)
-    assert not len(ids) or ends[-1] == len(data), "ids do not encode these bytes"
+    bounds = _boundaries_from(np.frombuffer(data, dtype=np.uint8), np.asarray(ids, dtype=np.int64), lengths, 0, 0)
+    assert not len(ids) or bounds.byte_end[-1] == len(data), "ids do not encode these bytes"
+    return bounds
+
+
+def _boundaries_from(b: np.ndarray, ids: np.ndarray, lengths: np.ndarray, byte0: int, chars_before: int) -> Boundaries:
+    """`boundaries` of `ids` that encode the bytes `b` (the whole text) from offset `byte0` on, where
+    `chars_before` characters start before `byte0`: only that stretch of the text is looked at."""
+    ends = byte0 + np.cumsum(lengths[ids])
     starts = ends - lengths[ids]
+    stop = int(ends[-1]) if len(ids) else byte0
+    is_char_start = (b[byte0:stop + 1] & 0xC0) != 0x80  # (stop - byte0 + 1,): the byte after the stretch too
+    if stop == len(b):
+        is_char_start = np.append(is_char_start, True)  # the very end of the text ends a character
+    char_of_byte = chars_before - 1 + np.cumsum(is_char_start)  # index of the character holding each byte
+    s, e = starts - byte0, ends - byte0
+    partial = ~is_char_start[s] | ~is_char_start[e]
+    char_end = np.where(e > s, char_of_byte[np.maximum(e - 1, 0)] + 1, char_of_byte[s])
+    return Boundaries(starts, ends, char_of_byte[s], char_end, partial)
+
+
+def chunk_boundaries(data: bytes, ids: np.ndarray, lengths: np.ndarray,
+                     size: int | None = None) -> Iterator[tuple[int, Boundaries]]:
+    """`boundaries(data, ids, lengths)` in runs of `size` tokens (CHUNK_TOKENS by default): (index of
+    the run's first token, its offsets in the whole text). Memory follows the run, not the text, and a
+    run may end inside a character: the offsets are the same as for the whole text at once."""
+    size = size or CHUNK_TOKENS
     b = np.frombuffer(data, dtype=np.uint8)
-    is_char_start = np.append((b & 0xC0) != 0x80, True)  # (n_bytes + 1,): also true at the very end
-    char_of_byte = np.cumsum(is_char_start) - 1  # (n_bytes + 1,) index of the character holding the byte
-    partial = ~is_char_start[starts] | ~is_char_start[ends]
-    char_end = np.where(ends > starts, char_of_byte[np.maximum(ends - 1, 0)] + 1, char_of_byte[starts])
-    return Boundaries(starts, ends, char_of_byte[starts], char_end, partial)
+    byte0 = chars_before = 0
+    for first in range(0, len(ids), size):
+        bounds = _boundaries_from(b, np.asarray(ids[first:first + size], dtype=np.int64), lengths, byte0, chars_before)
+        stop = int(bounds.byte_end[-1])
+        chars_before += int(np.count_nonzero((b[byte0:stop] & 0xC0) != 0x80))
+        byte0 = stop
+        yield first, bounds
+    assert byte0 == len(data), "ids do not encode these bytes"
 
 
 def label(piece: bytes) -> str:
@@ -122,32 +154,84 @@ class Token:
     byte_end: int
 
 
+@dataclass(frozen=True)
+class Piece:
+    """What one token id stands for, whatever its place in the text."""
+
+    bytes: bytes
+    label: str  # see `label`
+    text: str | None  # the bytes as text; None when they are not whole characters
+
+
+class Pieces(dict):
+    """Token id -> its Piece, worked out on first use: a long text repeats its vocabulary, so each id's
+    bytes and label are computed once instead of once per token. One Pieces serves many texts (the
+    documents of `--json --lines`), as do its `lengths`."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        super().__init__()
+        self.tok = tok
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """`token_byte_lengths` of the tokenizer (a pass over its vocabulary: worth doing once)."""
+        return token_byte_lengths(self.tok)
+
+    def __missing__(self, token_id: int) -> Piece:
+        data = self.tok.token_bytes(token_id)
+        try:
+            text: str | None = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        piece = self[token_id] = Piece(data, label(data), text)
+        return piece
+
+
+def iter_tokens(tok: Tokenizer, text: str, ids: np.ndarray | list[int], pieces: Pieces | None = None,
+                size: int | None = None) -> Iterator[Token]:
+    """Every token of `text` (encoded as `ids`) with its bytes, label and offsets, made as they are
+    asked for: offsets are worked out `size` tokens at a time (see `chunk_boundaries`)."""
+    pieces = Pieces(tok) if pieces is None else pieces
+    arr = np.asarray(ids)
+    for first, bounds in chunk_boundaries(text.encode("utf-8"), arr, pieces.lengths, size):
+        run = arr[first:first + len(bounds.partial)].tolist()
+        for i, partial, start, end, byte_start, byte_end in zip(
+                run, bounds.partial.tolist(), bounds.char_start.tolist(), bounds.char_end.tolist(),
+                bounds.byte_start.tolist(), bounds.byte_end.tolist(), strict=True):
+            p = pieces[i]
+            yield Token(i, None if partial else p.text, list(p.bytes), p.label, start, end, byte_start, byte_end)
+
+
 def tokens_of(tok: Tokenizer, text: str, ids: list[int]) -> list[Token]:
     """Every token of `text` (encoded as `ids`) with its bytes, label and offsets."""
-    arr = np.asarray(ids, dtype=np.int64)
-    bounds = boundaries(text.encode("utf-8"), arr, token_byte_lengths(tok))
-    out = []
-    for k, i in enumerate(ids):
-        piece = tok.token_bytes(i)
-        out.append(Token(id=int(i), text=None if bounds.partial[k] else piece.decode("utf-8"), bytes=list(piece),
-                         label=label(piece), start=int(bounds.char_start[k]), end=int(bounds.char_end[k]),
-                         byte_start=int(bounds.byte_start[k]), byte_end=int(bounds.byte_end[k])))
-    return out
+    return list(iter_tokens(tok, text, ids))
 
 
-def segments(text: str, tokens: list[Token]) -> list[tuple[str, int, int, bool]]:
-    """The text view's pieces of `text`: (text, first token, one past the last token, split). A
+def iter_segments(text: str, tokens: Iterable[Token]) -> Iterator[tuple[str, list[Token], bool]]:
+    """The text view's pieces of `text` as (text, its tokens, split), from a stream of tokens: a
     character split across tokens joins those tokens into one segment marked split; the rest is one
-    segment per token."""
+    segment per token. Only the current segment's tokens are held."""
+    group: list[Token] = []
+    end, split = 0, False
+    for t in tokens:
+        if group and t.start < end:  # shares a character with the segment so far
+            group.append(t)
+            end, split = max(end, t.end), True
+            continue
+        if group:
+            yield text[group[0].start:end], group, split
+        group, end, split = [t], t.end, t.text is None
+    if group:
+        yield text[group[0].start:end], group, split
+
+
+def segments(text: str, tokens: Iterable[Token]) -> list[tuple[str, int, int, bool]]:
+    """`iter_segments` as (text, first token, one past the last token, split), with token indices."""
     out: list[tuple[str, int, int, bool]] = []
     k = 0
-    while k < len(tokens):
-        first, end, split = k, tokens[k].end, tokens[k].text is None
-        k += 1
-        while k < len(tokens) and tokens[k].start < end:  # shares a character with the segment so far
-            end, split = max(end, tokens[k].end), True
-            k += 1
-        out.append((text[tokens[first].start:end], first, k, split))
+    for seg, group, split in iter_segments(text, tokens):
+        out.append((seg, k, k + len(group), split))
+        k += len(group)
     return out
 
 

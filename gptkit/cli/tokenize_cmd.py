@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -184,41 +185,52 @@ def _decode(tok, source: str, lines: bool) -> None:
 
 def _script_output(tok, source: str, mode: str, lines: bool) -> None:
     """--ids, --json, --count: for the whole text, or one line of output per input line."""
-    import json
+    from gptkit.cli import tokenize_render as render
+    from gptkit.dataset_build import array_encoder
+    from gptkit.tokenview import Pieces
 
     parts = source.split("\n") if lines else [source]
     if lines and source.endswith("\n"):
         parts.pop()  # the final newline ends the last line; it does not start another
-    out = []
-    for part in parts:
-        part_ids = tok.encode(part)
+    encode = array_encoder(tok)  # ids as a numpy array: a fraction of the memory of a list of ints
+    encoded = [encode(part) for part in parts]  # all before any output: text that cannot be encoded fails cleanly
+    fields = render.JsonFields(Pieces(tok))  # shared by the documents of --lines
+    for part, part_ids in zip(parts, encoded, strict=True):
         if mode == "ids":
-            out.append(" ".join(map(str, part_ids)))
+            _write(render.joined_ids(part_ids, " "))
+            _write(["\n"])
         elif mode == "count":
-            out.append(str(len(part_ids)))
+            _write([f"{len(part_ids)}\n"])
         else:
-            from gptkit.tokenview import tokens_of
-
-            doc = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "chars": len(part),
-                   "bytes": len(part.encode("utf-8")), "count": len(part_ids), "ids": part_ids,
-                   "tokens": [t.__dict__ for t in tokens_of(tok, part, part_ids)]}
-            out.append(json.dumps(doc, ensure_ascii=False))
-    sys.stdout.write("\n".join(out) + "\n")
+            _write(render.json_document(tok, part, part_ids, fields))
+            _write(["\n"])
     sys.stdout.flush()
 
 
 def _view(tok, source: str) -> None:
-    from gptkit.cli import tokenize_render as render
-    from gptkit.tokenview import Counts, tokens_of
+    """The text as tokens: coloured with a table at a terminal (drawing only the first tokens),
+    else the plain view written part by part as it is made."""
+    from itertools import islice
 
-    token_ids = tok.encode(source)
-    tokens = tokens_of(tok, source, token_ids)
+    from gptkit.cli import tokenize_render as render
+    from gptkit.dataset_build import array_encoder
+    from gptkit.tokenview import Counts, iter_tokens
+
+    token_ids = array_encoder(tok)(source)
     counts = Counts(len(source), len(source.encode("utf-8")), len(token_ids))
+    tokens = iter_tokens(tok, source, token_ids)  # made as they are read: only the shown ones are made
     if rich_output():
-        render.rich_view(tok, source, tokens, counts)
+        render.rich_view(tok, source, list(islice(tokens, render.SHOWN)), counts)
     else:
-        sys.stdout.write(render.plain_view(tok, source, tokens, counts))
+        _write(render.plain_view(tok, source, tokens, counts))
         sys.stdout.flush()
+
+
+def _write(parts: Iterable[str]) -> None:
+    """Write output parts to stdout as they come. A reader that went away (`| head`) or a failed
+    write reaches `handle_errors`, as a single write would."""
+    for part in parts:
+        sys.stdout.write(part)
 
 
 def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | None) -> None:
