@@ -219,7 +219,8 @@ def sample_command(
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
-        precision = pick_dtype(dtype, dev)
+        # auto on a CPU: fp32, as the help says (bf16 weights would change the text, not only its speed)
+        precision = torch.float32 if dtype == "auto" and dev.type == "cpu" else pick_dtype(dtype, dev)
         model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
         model.to(precision)
         if dev.type == "cpu":
