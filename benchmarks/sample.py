@@ -15,7 +15,8 @@ Prints, measured in one run so the ratios hold on a noisy machine:
   5. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
      texts agree and how far the logits drift.
 Random weights: speed does not depend on them. The model's weights lie in memory as `gptkit sample`
-lays them out on a CPU (linear.decode_layout: the wide ones column-major), for every path;
+lays them out on a CPU (linear.decode_layout: the wide ones column-major where decode steps split
+across threads, as trained where MKL threads them itself, on Intel), for every path;
 --layout trained keeps nn.Linear's row-major layout, to measure what that layout gains.
 
     python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--repeat 3] [--threads N]
