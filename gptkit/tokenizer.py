@@ -268,10 +268,10 @@ def train_bpe_from_chunks(chunks: Iterable[str], vocab_size: int = DEFAULT_BPE_V
 
     Chunks must be cut where no pre-token spans the cut (`textchunks.find_cut`) for the merges to
     equal those of the whole text."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 256:
-        # Checked here because rustbpe panics below 256 (the byte alphabet).
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or not 256 <= vocab_size < 2**32:
+        # Checked here because rustbpe panics below 256 (the byte alphabet) and overflows at 2**32.
         raise TokenizerError(
-            f"bpe vocab size must be an integer of at least 256 (the byte values), got {vocab_size!r}; "
+            f"bpe vocab size must be an integer from 256 (the byte values) to 2**32-1, got {vocab_size!r}; "
             "pass e.g. --vocab-size 1024"
         )
     import rustbpe

@@ -190,8 +190,8 @@ def test_bpe_on_tiny_text_stops_early_and_still_round_trips() -> None:
     assert tok.decode(tok.encode("zebra 한글 abc")) == "zebra 한글 abc"
 
 
-@pytest.mark.parametrize("vocab_size", [255, 0, -3])
-def test_bpe_vocab_below_256_is_rejected_before_rustbpe(
+@pytest.mark.parametrize("vocab_size", [255, 0, -3, 2**32, 2**40])  # rustbpe panics below 256, overflows at 2**32
+def test_bpe_vocab_outside_256_to_2_32_is_rejected_before_rustbpe(
     vocab_size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import rustbpe
