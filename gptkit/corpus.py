@@ -75,7 +75,7 @@ def read_text(path: str | Path) -> str:
     if not p.exists():
         raise InputError(f"{str(p)!r} does not exist; give a path to a UTF-8 text file")
     if p.is_dir():
-        raise InputError(f"{str(p)!r} is a directory; give a text file (or a dataset folder made by `gptkit tokenize --out`)")
+        raise InputError(f"{str(p)!r} is a directory; give a text file")  # (train takes dataset folders before this)
     try:
         data = p.read_bytes()
     except OSError as e:

@@ -28,6 +28,7 @@ from gptkit.tokenizer import (
     TOKENIZER_KINDS,
     Tokenizer,
     build_tokenizer,
+    load_tiktoken,
 )
 from gptkit.tokenizer_io import tokenizer_from_dict
 
@@ -126,6 +127,20 @@ def test_tiktoken_file_table_matches_installed_tiktoken() -> None:
     for files in mod.TIKTOKEN_FILES.values():
         for url, sha256 in files:
             assert f'"{url}"' in source and f'"{sha256}"' in source
+
+
+def test_gpt2_loads_tiktokens_own_ranks_and_settings_faster() -> None:
+    """gptkit reads gpt2's ranks from encoder.json alone (tiktoken_cache.gpt2_ranks); tiktoken's loader
+    rebuilds them from vocab.bpe's merges and checks the two agree: the same ranks, pattern and specials."""
+    from tiktoken_ext import openai_public
+
+    from gptkit.tiktoken_cache import check_cached, gpt2_ranks
+
+    ref = openai_public.gpt2()
+    assert gpt2_ranks(check_cached("gpt2")) == ref["mergeable_ranks"]
+    tok = load_tiktoken("gpt2")
+    assert tok.mergeable_ranks == ref["mergeable_ranks"] and tok.special_tokens == ref["special_tokens"]
+    assert tok.pat_str == ref["pat_str"] and tok.vocab_size == ref["explicit_n_vocab"]
 
 
 @pytest.mark.parametrize("name", ["o200k_base", "p50k_base", "gpt2"])
