@@ -69,11 +69,12 @@ class Linear(nn.Linear):
     """nn.Linear, plus one path for decoding on a multi-core CPU.
 
     A decode step multiplies a few rows (one new token per sample) by each weight: a
-    matrix-vector product, which MKL runs on one core however many threads torch has, so a
-    batch-1 token on 2 cores took as long as on one. Here the weight is cut into one slice per
-    thread and the slices are multiplied as a batch (`bmm` runs them in parallel), with no copy of
-    the weight (see `SplitWeight`). The result is the same to fp32 rounding. A compiled CPU decode
-    step traces the same split into its graph. Training (autograd), GPUs and long inputs take the
+    matrix-vector product, which MKL runs on one core however many threads torch has on an AMD
+    CPU, so a batch-1 token on 2 cores took as long as on one. Here the weight is cut into one slice
+    per thread and the slices are multiplied as a batch (`bmm` runs them in parallel), with no copy
+    of the weight (see `SplitWeight`). The result is the same to fp32 rounding. A compiled CPU decode
+    step traces the same split into its graph. Training (autograd), GPUs, long inputs, and every
+    input where `SPLIT` is False (MKL on an Intel CPU threads the product itself) take the
     ordinary `F.linear`.
     """
 
