@@ -65,8 +65,9 @@ def array_encoder(tok: Tokenizer) -> Callable[[str], np.ndarray]:
     if isinstance(tok, TiktokenTokenizer):
         # One tiny encode here, on the calling thread, before a pool's threads first call tiktoken:
         # measured on 53 MB with gpt2 (a fresh process each time), the build then took 2.6-3.0 s
-        # instead of 3.6-4.5 s. Some one-time set-up inside tiktoken is slow when the pool's threads
-        # meet it together; we did not find which.
+        # instead of 3.6-4.5 s. Not a one-time cost: when two pool threads were the first callers,
+        # every 1 MB chunk after encoded ~40% slower (0.12-0.26 s against 0.09-0.20). The cause is
+        # inside tiktoken (which per-thread regex each thread gets, perhaps); we did not find it.
         tok.enc.encode_to_numpy("warm up", disallowed_special=())
         # special-token text stays ordinary text, exactly as encode_ordinary
         return lambda text: tok.enc.encode_to_numpy(text, disallowed_special=())
