@@ -202,11 +202,6 @@ def iter_tokens(tok: Tokenizer, text: str, ids: np.ndarray | list[int], pieces: 
             yield Token(i, None if partial else p.text, list(p.bytes), p.label, start, end, byte_start, byte_end)
 
 
-def tokens_of(tok: Tokenizer, text: str, ids: list[int]) -> list[Token]:
-    """Every token of `text` (encoded as `ids`) with its bytes, label and offsets."""
-    return list(iter_tokens(tok, text, ids))
-
-
 def iter_segments(text: str, tokens: Iterable[Token]) -> Iterator[tuple[str, list[Token], bool]]:
     """The text view's pieces of `text` as (text, its tokens, split), from a stream of tokens: a
     character split across tokens joins those tokens into one segment marked split; the rest is one

@@ -22,7 +22,7 @@ from gptkit.dataset_build import array_encoder, build_dataset
 from gptkit.errors import InputError, TokenizerError
 from gptkit.textchunks import open_path, open_text, split_offset, split_text
 from gptkit.tokenizer import build_tokenizer, train_bpe_from_chunks
-from gptkit.tokenview import boundaries, compare, label, segments, token_byte_lengths, tokens_of
+from gptkit.tokenview import boundaries, compare, iter_tokens, label, segments, token_byte_lengths
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
 
 
@@ -207,7 +207,7 @@ def test_token_boundaries_and_labels_on_korean_gpt2():
     tok = build_tokenizer("gpt2")
     ids = tok.encode(text)
     data = text.encode("utf-8")
-    tokens = tokens_of(tok, text, ids)
+    tokens = list(iter_tokens(tok, text, ids))
     n_partial = 0
     for t in tokens:
         piece = bytes(t.bytes)
