@@ -81,7 +81,7 @@ def hf_model(model: GPT):
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from gptkit.hf import hf_config_from, to_hf_state_dict  # the weight-name map `gptkit convert` uses
+        from gptkit.hf.gpt2 import hf_config_from, to_hf_state_dict  # the weight-name map `gptkit convert` uses
     except ImportError:
         return None
 

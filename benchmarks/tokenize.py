@@ -58,7 +58,7 @@ def baseline(text: str, cut: int, name: str) -> tuple[float, list[np.ndarray]]:
     """Seconds for tiktoken's encode_ordinary_batch over both sides of the split, and the ids."""
     import tiktoken
 
-    from gptkit.textchunks import split_text
+    from gptkit.data.chunks import split_text
 
     enc = tiktoken.get_encoding(name)
     sides = [list(split_text(text[:cut], 1 << 20)), list(split_text(text[cut:], 1 << 20))]
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tiktoken"))
 
-    from gptkit.data import load_dataset, split_point
+    from gptkit.data.dataset import load_dataset, split_point
 
     with tempfile.TemporaryDirectory(prefix="gptkit-bench-") as tmp:
         path = Path(tmp) / "corpus.txt"
@@ -86,9 +86,9 @@ def main() -> None:
         cmd = [sys.executable, "-m", "gptkit", "tokenize", str(path), "--out", str(Path(tmp) / "ds"),
                "-t", args.tokenizer, "-q"]
 
-        from gptkit.dataset_build import build_dataset
-        from gptkit.textchunks import open_path
-        from gptkit.tokenizer import build_tokenizer
+        from gptkit.data.build import build_dataset
+        from gptkit.data.chunks import open_path
+        from gptkit.tokenizers import build_tokenizer
 
         ours_s = base_s = inproc_s = float("inf")
         peak_mb = 0.0

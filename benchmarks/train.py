@@ -103,7 +103,7 @@ def throughput_child(kind: str, steps: int) -> None:
 
     from gptkit import runtime
     from gptkit.config import resolve_config
-    from gptkit.data import get_batch
+    from gptkit.data.dataset import get_batch
     from gptkit.model import GPT
     from gptkit.optim import make_optimizer
 

@@ -229,7 +229,7 @@ def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
 def load_for_inference(ref: str | Path | None = None, store: Path | None = None,
                        device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, info) from a path or run name; reads no optimizer tensors."""
-    from gptkit.tokenizer_io import tokenizer_from_dict
+    from gptkit.tokenizers.stored import tokenizer_from_dict
 
     info = read_info(resolve(ref, store))
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from gptkit.generate import Engine, row_seed
 from gptkit.sampling import SamplingParams
-from gptkit.tokenizer import Tokenizer
+from gptkit.tokenizers.core import Tokenizer
 
 
 class TextStream:

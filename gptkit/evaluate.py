@@ -13,7 +13,7 @@ import torch
 
 from gptkit import runtime
 from gptkit.config import ModelConfig, TrainConfig
-from gptkit.data import TokenDataset, get_batch
+from gptkit.data.dataset import TokenDataset, get_batch
 
 
 @torch.no_grad()

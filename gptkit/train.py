@@ -27,15 +27,16 @@ import torch
 
 from gptkit import __version__, checkpoint, runtime
 from gptkit.config import ModelConfig, TrainConfig, field_names, to_dict, validate
-from gptkit.corpus import load_source
-from gptkit.data import TokenDataset, check_lengths, get_batch, load_dataset, prepare_dataset
+from gptkit.data.build import prepare_dataset
+from gptkit.data.dataset import TokenDataset, check_lengths, get_batch, load_dataset
+from gptkit.data.sources import load_source
 from gptkit.errors import CheckpointError, TrainingError, UsageError
 from gptkit.evaluate import bits_per_char, estimate_loss, sample_text
 from gptkit.fsio import removed_on_error
 from gptkit.model import GPT
 from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_progress, set_lr
-from gptkit.tokenizer import Tokenizer
-from gptkit.tokenizer_io import tokenizer_from_dict
+from gptkit.tokenizers.core import Tokenizer
+from gptkit.tokenizers.stored import tokenizer_from_dict
 
 Event = dict[str, Any]
 # flags that must match a resumed checkpoint (--vocab-size is the bpe target: _check_tokenizer checks it)

@@ -10,7 +10,7 @@ import torch
 
 from gptkit import checkpoint
 from gptkit.errors import CheckpointError
-from gptkit.tokenizer_io import tokenizer_from_dict
+from gptkit.tokenizers.stored import tokenizer_from_dict
 
 
 def test_load_is_bit_identical_and_tied(trained_run):

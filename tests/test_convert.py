@@ -14,13 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptkit import checkpoint, hf
+from gptkit import checkpoint
 from gptkit.config import ModelConfig, to_dict
-from gptkit.convert import convert
 from gptkit.errors import InputError, UsageError
 from gptkit.generate import generate
-from gptkit.tokenizer import build_tokenizer
-from gptkit.tokenizer_io import load_tokenizer
+from gptkit.hf import gpt2
+from gptkit.hf.convert import convert
+from gptkit.tokenizers import build_tokenizer
+from gptkit.tokenizers.stored import load_tokenizer
 from tests.conftest import ENGLISH, SHAKESPEARE, assert_one_line_error, run_cli
 
 ATOL = 1e-5  # fp32 logits: gptkit vs transformers
@@ -228,16 +229,16 @@ def test_reads_legacy_and_sharded_layouts(hf_gpt2, tmp_path):
 ])
 def test_unrepresentable_hf_configs_name_the_field(field, value):
     base = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64, "vocab_size": 300}
-    hf.config_from_hf(base)  # the base itself is fine
+    gpt2.config_from_hf(base)  # the base itself is fine
     with pytest.raises(InputError, match=field):
-        hf.config_from_hf({**base, field: value})
+        gpt2.config_from_hf({**base, field: value})
 
 
 @pytest.mark.parametrize("field, value", [("pos_encoding", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu"),
                                           ("bias", False)])
 def test_non_gpt2_gptkit_configs_name_the_field(field, value):
     with pytest.raises(InputError, match=field):
-        hf.hf_config_from(ModelConfig(vocab_size=65, **{field: value}))
+        gpt2.hf_config_from(ModelConfig(vocab_size=65, **{field: value}))
 
 
 def _hostile_pickle(marker) -> bytes:
@@ -247,7 +248,7 @@ def _hostile_pickle(marker) -> bytes:
 
 def _rope_checkpoint(path):
     from gptkit.model import GPT
-    from gptkit.tokenizer import ByteTokenizer
+    from gptkit.tokenizers.core import ByteTokenizer
 
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=256, pos_encoding="rope")
     checkpoint.save(path, GPT(cfg), {"model_config": to_dict(cfg), "tokenizer": ByteTokenizer().to_dict()})

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from gptkit.corpus import builtin_corpus, download, load_source, read_text
+from gptkit.data.sources import builtin_corpus, download, load_source, read_text
 from gptkit.errors import InputError
 
 
@@ -67,7 +67,7 @@ def test_download_offline_is_one_clear_error(tmp_path):
 def test_the_first_mib_cut_inside_a_character_is_not_called_invalid(tmp_path):
     """`gptkit train` looks at a file's first MiB before importing torch; the cut may split a syllable."""
     from gptkit.cli.train_cmd import check_data_arg
-    from gptkit.corpus import decode_utf8
+    from gptkit.data.chunks import decode_utf8
 
     data = "가".encode() * ((1 << 20) // 3 + 10)  # 1 MiB is not a whole number of 3-byte syllables
     assert decode_utf8(data[:1 << 20], "'f'", cut=True) == "가" * ((1 << 20) // 3)

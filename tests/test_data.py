@@ -7,8 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from gptkit.corpus import Source
-from gptkit.data import check_lengths, get_batch, load_dataset, prepare_dataset, split_point
+from gptkit.data.build import prepare_dataset
+from gptkit.data.dataset import check_lengths, get_batch, load_dataset, split_point
+from gptkit.data.sources import Source
 from gptkit.errors import InputError
 
 

@@ -23,7 +23,7 @@ from gptkit.sampling import (
     top_k_filter,
     top_p_filter,
 )
-from gptkit.tokenizer import build_tokenizer
+from gptkit.tokenizers import build_tokenizer
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE, torch_threads
 
 GREEDY = SamplingParams(temperature=0)

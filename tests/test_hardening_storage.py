@@ -112,13 +112,15 @@ def test_directory_as_an_output_file(work, capsys, monkeypatch):
 
 def test_tokenizer_file_is_checked_before_a_bpe_is_trained(work, capsys, monkeypatch):
     """An unwritable --save-tokenizer used to fail only after the whole bpe training."""
-    import gptkit.tokenizer
+    import gptkit.data.build
+    import gptkit.tokenizers.bpe
 
     def trained(*args, **kwargs):
         raise AssertionError("the bpe was trained before --save-tokenizer was checked")
 
     monkeypatch.chdir(work)
-    monkeypatch.setattr(gptkit.tokenizer, "train_bpe_from_chunks", trained)
+    monkeypatch.setattr(gptkit.tokenizers.bpe, "train_bpe_from_chunks", trained)
+    monkeypatch.setattr(gptkit.data.build, "train_bpe_from_chunks", trained)
     for args in (["tokenize", "--count", "--file", "tiny.txt", "-t", "bpe"],
                  ["tokenize", "tiny.txt", "--out", "ds-bpe", "-t", "bpe"]):
         refused(capsys, work, [*args, "--save-tokenizer", "no/such/folder/tok.json"], USAGE,

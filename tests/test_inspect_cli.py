@@ -145,7 +145,7 @@ def test_byte_piece_columns_are_headed_by_their_hex_digits(korean_bpe_run, capsy
 
 
 def test_one_cell_columns_stack_a_bytes_hex_digits():
-    from gptkit.inspect_view import heatmap
+    from gptkit.cli.views.inspect_view import heatmap
 
     labels = ["a", "<0xEB>", "␣<0x9C>", "the"] + ["x"] * 40  # over 40 tokens: one cell a column
     text = heatmap([[1.0] * len(labels)] * len(labels), labels, "map").plain.splitlines()
@@ -156,7 +156,7 @@ def test_one_cell_columns_stack_a_bytes_hex_digits():
 def test_hangul_keeps_two_cell_columns_and_labels_show_two_byte_pieces():
     """Past 40 tokens columns shrink to one cell, where a Hangul header would show blank: a map with
     one keeps two cells a column. Row labels show up to 12 cells: <0xEC><0x9D> whole."""
-    from gptkit.inspect_view import heatmap
+    from gptkit.cli.views.inspect_view import heatmap
 
     labels = ["a", "고", "<0xEC><0x9D>", "양이"] + ["x"] * 40
     text = heatmap([[1.0] * len(labels)] * len(labels), labels, "map").plain.splitlines()

@@ -8,9 +8,9 @@ import torch
 
 from gptkit import checkpoint
 from gptkit.config import ModelConfig
-from gptkit.introspect import analyze, attribution, summarize, trace
+from gptkit.introspect.neighbors import neighbours, training_text
+from gptkit.introspect.trace import analyze, attribution, summarize, trace
 from gptkit.model import GPT, manual_attention
-from gptkit.neighbors import neighbours, training_text
 
 PROMPT = "KING RICHARD III:\nWhat says the"
 
@@ -107,7 +107,7 @@ def test_attribution_is_exact_for_other_architectures(kw):
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=30, **kw)).eval()
     tr = trace(model, [3, 1, 4, 1, 5, 9, 2, 6])
-    from gptkit.tokenizer import ByteTokenizer
+    from gptkit.tokenizers.core import ByteTokenizer
 
     a = attribution(model, ByteTokenizer(), tr, 7)
     assert a["sum"] == pytest.approx(a["logit"], abs=1e-5)

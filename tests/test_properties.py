@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from gptkit import checkpoint
 from gptkit.completion import TextStream
 from gptkit.errors import CheckpointError
-from gptkit.tokenizer import CharTokenizer, build_tokenizer
-from gptkit.tokenizer_io import tokenizer_from_dict
+from gptkit.tokenizers import build_tokenizer
+from gptkit.tokenizers.core import CharTokenizer
+from gptkit.tokenizers.stored import tokenizer_from_dict
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
 
 # Text that breaks naive tokenizers: combining marks (alone too), ZWJ emoji sequences, flags, skin

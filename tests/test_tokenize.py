@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import tiktoken
 
-from gptkit.corpus import load_source
-from gptkit.data import load_dataset, prepare_dataset, split_point
-from gptkit.dataset_build import array_encoder, build_dataset
+from gptkit.data.build import build_dataset, prepare_dataset
+from gptkit.data.chunks import open_path, open_text, split_offset, split_text
+from gptkit.data.dataset import load_dataset, split_point
+from gptkit.data.sources import load_source
 from gptkit.errors import InputError, TokenizerError
-from gptkit.textchunks import open_path, open_text, split_offset, split_text
-from gptkit.tokenizer import build_tokenizer, train_bpe_from_chunks
-from gptkit.tokenview import boundaries, compare, iter_tokens, label, segments, token_byte_lengths
+from gptkit.introspect.tokens import boundaries, compare, iter_tokens, label, segments, token_byte_lengths
+from gptkit.tokenizers import build_tokenizer
+from gptkit.tokenizers.bpe import train_bpe_from_chunks
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
 
 
@@ -120,10 +121,10 @@ def test_train_and_tokenize_out_share_one_builder(tmp_path):
 
 @pytest.mark.parametrize("name", ["char", "byte", "bpe", "gpt2", "cl100k_base"])
 @pytest.mark.parametrize("path", [KOREAN, ENGLISH], ids=["korean", "english"])
-def test_array_encoder_equals_encode_and_round_trips(name, path):
+def test_encode_array_equals_encode_and_round_trips(name, path):
     text = path.read_text(encoding="utf-8")[:60_000] + "a document<|endoftext|>the next <|fim_prefix|>\n"
     tok = build_tokenizer(name, text, 512)
-    ids = array_encoder(tok)(text)
+    ids = tok.encode_array(text)
     assert ids.tolist() == tok.encode(text)
     assert tok.decode(ids.tolist()) == text
     if name in ("gpt2", "cl100k_base"):  # identical to tiktoken's own, special-token text stays text
@@ -134,7 +135,7 @@ def test_array_encoder_equals_encode_and_round_trips(name, path):
 def test_char_encoder_lists_unknown_characters():
     tok = build_tokenizer("char", ENGLISH.read_text(encoding="utf-8")[:50_000])
     with pytest.raises(TokenizerError, match="'한'.*--tokenizer byte or bpe"):
-        array_encoder(tok)("Elizabeth 한")
+        tok.encode_array("Elizabeth 한")
 
 
 def test_bad_files_are_one_line_input_errors(tmp_path):
@@ -188,7 +189,7 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path):
             f.write(chunk)
     code = (
         "import resource, sys; from pathlib import Path\n"
-        "from gptkit.dataset_build import build_dataset\nfrom gptkit.textchunks import open_path\n"
+        "from gptkit.data.build import build_dataset\nfrom gptkit.data.chunks import open_path\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "ds = build_dataset(open_path(sys.argv[1]), Path(sys.argv[2]), 'byte')\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

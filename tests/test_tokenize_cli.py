@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tiktoken
 
-from gptkit.tokenizer import build_tokenizer
-from gptkit.tokenizer_io import load_tokenizer
+from gptkit.tokenizers import build_tokenizer
+from gptkit.tokenizers.stored import load_tokenizer
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE, assert_one_line_error, run_cli
 
 GPTKIT = f"{shlex.quote(sys.executable)} -m gptkit"

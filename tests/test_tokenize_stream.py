@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tiktoken
 
-from gptkit import tokenview
 from gptkit.cli import main
-from gptkit.cli import tokenize_render as render
-from gptkit.tokenizer import build_tokenizer
-from gptkit.tokenview import Counts, Token, iter_tokens, label, visible_char
+from gptkit.cli.views import tokenize_view as render
+from gptkit.introspect import tokens as tokenview
+from gptkit.introspect.tokens import Counts, Token, iter_tokens, label, visible_char
+from gptkit.tokenizers import build_tokenizer
 from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE
 
 

@@ -1,4 +1,4 @@
-"""Tests for gptkit.tokenizer on real text: round trips, offline tiktoken, errors (the stored form:
+"""Tests for gptkit.tokenizers on real text: round trips, offline tiktoken, errors (the stored form:
 test_tokenizer_io.py)."""
 
 from __future__ import annotations
@@ -23,14 +23,10 @@ os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_DIR)  # before any tiktoken.get_
 import tiktoken
 
 from gptkit.errors import TokenizerError
-from gptkit.tokenizer import (
-    TIKTOKEN_NAMES,
-    TOKENIZER_KINDS,
-    Tokenizer,
-    build_tokenizer,
-    load_tiktoken,
-)
-from gptkit.tokenizer_io import tokenizer_from_dict
+from gptkit.tokenizers import TIKTOKEN_NAMES, TOKENIZER_KINDS, build_tokenizer
+from gptkit.tokenizers.core import Tokenizer
+from gptkit.tokenizers.named import load_tiktoken
+from gptkit.tokenizers.stored import tokenizer_from_dict
 
 KINDS = ["char", "byte", "bpe", "gpt2", "cl100k_base"]
 LANGS = ["korean", "english"]
@@ -120,7 +116,7 @@ def test_tiktoken_ids_match_tiktoken_itself(name: str) -> None:
 def test_tiktoken_file_table_matches_installed_tiktoken() -> None:
     from tiktoken_ext import openai_public
 
-    from gptkit import tiktoken_cache as mod
+    from gptkit.tokenizers import named as mod
 
     source = inspect.getsource(openai_public)
     assert set(mod.TIKTOKEN_NAMES) == set(openai_public.ENCODING_CONSTRUCTORS)
@@ -130,11 +126,11 @@ def test_tiktoken_file_table_matches_installed_tiktoken() -> None:
 
 
 def test_gpt2_loads_tiktokens_own_ranks_and_settings_faster() -> None:
-    """gptkit reads gpt2's ranks from encoder.json alone (tiktoken_cache.gpt2_ranks); tiktoken's loader
+    """gptkit reads gpt2's ranks from encoder.json alone (tokenizers.named.gpt2_ranks); tiktoken's loader
     rebuilds them from vocab.bpe's merges and checks the two agree: the same ranks, pattern and specials."""
     from tiktoken_ext import openai_public
 
-    from gptkit.tiktoken_cache import check_cached, gpt2_ranks
+    from gptkit.tokenizers.named import check_cached, gpt2_ranks
 
     ref = openai_public.gpt2()
     assert gpt2_ranks(check_cached("gpt2")) == ref["mergeable_ranks"]
@@ -314,7 +310,7 @@ def test_trained_kinds_need_text(name: str) -> None:
 
 
 def test_import_loads_neither_torch_nor_tiktoken() -> None:
-    code = ("import sys, gptkit.tokenizer, gptkit.tokenizer_io; "
+    code = ("import sys, gptkit.tokenizers, gptkit.tokenizers.stored; "
             "print(sorted(m for m in ('torch', 'tiktoken', 'rustbpe') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

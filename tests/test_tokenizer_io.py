@@ -1,4 +1,4 @@
-"""Tests for gptkit.tokenizer_io: every kind's stored form rebuilds the same tokenizer, tokenizer
+"""Tests for gptkit.tokenizers.stored: every kind's stored form rebuilds the same tokenizer, tokenizer
 files, and damaged descriptions as one-line errors (never a Rust panic inside tiktoken)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptkit.errors import TokenizerError
-from gptkit.tokenizer_io import load_tokenizer, save_tokenizer, tokenizer_from_dict
+from gptkit.tokenizers.stored import load_tokenizer, save_tokenizer, tokenizer_from_dict
 from tests.test_tokenizer import KINDS, LANGS, one_line, sample, tok_for
 
 
@@ -27,14 +27,14 @@ def test_to_dict_json_round_trip_gives_identical_ids(kind: str) -> None:
         ids = tok.encode(text)
         assert again.encode(text) == ids
         assert again.decode(ids) == tok.decode(ids) == text
-        assert again.fingerprint() == tok.fingerprint()
+        assert again.fingerprint == tok.fingerprint
 
 
 def test_to_dict_of_tiktoken_is_compact_and_fingerprints_differ() -> None:
     gpt2 = tok_for("gpt2", "english")
     size = len(json.dumps(gpt2.to_dict()))
     assert 300_000 < size < 1_500_000  # 50k base64 tokens, not a dump of the Python objects
-    prints = {tok_for(k, lang).fingerprint() for k in KINDS for lang in LANGS}
+    prints = {tok_for(k, lang).fingerprint for k in KINDS for lang in LANGS}
     assert len(prints) == 2 + 2 + 1 + 1 + 1  # char and bpe depend on the text, the rest don't
     assert all(len(p) == 16 and int(p, 16) >= 0 for p in prints)
 
@@ -45,7 +45,7 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.json"
     save_tokenizer(tok, path)
     again = load_tokenizer(str(path))
-    assert again.fingerprint() == tok.fingerprint()
+    assert again.fingerprint == tok.fingerprint
     text = sample("korean")[:5000]
     assert again.encode(text) == tok.encode(text)
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]  # no temp file left

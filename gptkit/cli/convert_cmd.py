@@ -30,8 +30,8 @@ def convert_command(
     becomes a folder that transformers' AutoModelForCausalLM.from_pretrained loads.
     """
     with handle_errors():
-        from gptkit.convert import HF_TO_GPTKIT, convert
         from gptkit.fsio import removed_on_error
+        from gptkit.hf.convert import HF_TO_GPTKIT, convert
 
         with removed_on_error(Path(dst)):  # a failed conversion leaves no empty output folder
             r = convert(src, dst, dtype, overwrite, checkpoints)

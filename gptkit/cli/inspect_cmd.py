@@ -80,12 +80,12 @@ def inspect_command(
     with handle_errors():
         check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save)
         if prompt is not None:
-            from gptkit.corpus import argument_text
+            from gptkit.data.chunks import argument_text
 
             prompt = argument_text(prompt, "--prompt")
         checkpoint = one_checkpoint(checkpoint, checkpoint_option)
         from gptkit import checkpoint as ckpt
-        from gptkit.introspect import summarize
+        from gptkit.introspect.trace import summarize
 
         info = ckpt.read_info(ckpt.resolve(checkpoint, checkpoints))
         cfg = info.model_config
@@ -98,7 +98,7 @@ def inspect_command(
         view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], layer=layer, head=head,
                     numbers=numbers, k=top_k)
         if not json_out:
-            from gptkit.inspect_view import StdoutConsole, render
+            from gptkit.cli.views.inspect_view import StdoutConsole, render
 
             render(StdoutConsole(), **view)
         if save is not None:
@@ -108,17 +108,17 @@ def inspect_command(
 def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, max_positions: int,
              n_neighbors: int, device: str) -> dict[str, Any]:
     from gptkit.checkpoint import build_model
-    from gptkit.introspect import analyze
+    from gptkit.introspect.trace import analyze
     from gptkit.runtime import pick_device
-    from gptkit.tokenizer_io import tokenizer_from_dict
+    from gptkit.tokenizers.stored import tokenizer_from_dict
 
     tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
     model = build_model(info, pick_device(device)).float().eval()  # inspect in full precision
     tr, res = analyze(model, tokenizer, prompt, top_k)
     nb = None
     if neighbors:
-        from gptkit.inspect_view import scan_progress
-        from gptkit.neighbors import neighbours, training_text
+        from gptkit.cli.views.inspect_view import scan_progress
+        from gptkit.introspect.neighbors import neighbours, training_text
 
         source = training_text(info, data)
         for warning in source.warnings:
@@ -134,7 +134,7 @@ def _save(path: Path, view: dict[str, Any], n_tokens: int) -> None:
 
     from rich.console import Console
 
-    from gptkit.inspect_view import render
+    from gptkit.cli.views.inspect_view import render
 
     width = max(120, 16 + 5 * n_tokens) if view["numbers"] else 120
     console = Console(file=io.StringIO(), record=True, width=width, force_terminal=True,

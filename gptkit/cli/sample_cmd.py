@@ -43,7 +43,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 
 def read_prompt_text(prompt: str | None, prompt_file: Path | None, lines: bool = False) -> str:
     """The prompt text from --prompt, --prompt-file (`-`: stdin), or stdin (empty when stdin is a terminal)."""
-    from gptkit.corpus import argument_text, decode_utf8
+    from gptkit.data.chunks import argument_text, decode_utf8
 
     if prompt is not None:
         return argument_text(prompt, "--prompt")

@@ -3,8 +3,8 @@
 Parses and checks flags with the standard library, picks one mode (view, --ids, --json, --count,
 --decode, --compare, --out), imports the library lazily and renders. Colour and tables only when
 stdout is a terminal and NO_COLOR is unset; every other output is plain text for scripts.
-The numbers come from `gptkit.tokenview` and `gptkit.dataset_build`; the drawing is in
-`gptkit.cli.tokenize_render`.
+The numbers come from `gptkit.introspect.tokens` and `gptkit.data.build`; the drawing is in
+`gptkit.cli.views.tokenize_view`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
 
 def read_input(text: str | None, file: Path | None, as_path: bool) -> str:
     """The text to work on: the argument (a path when `as_path`), --file, `-` or a pipe on stdin."""
-    from gptkit.corpus import argument_text, decode_utf8, read_text
+    from gptkit.data.chunks import argument_text, decode_utf8
+    from gptkit.data.sources import read_text
 
     if file is not None or (as_path and text not in (None, "-")):
         return read_text(file if file is not None else text)
@@ -93,10 +94,10 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
     from `train_text`)."""
     if checkpoint is not None:
         from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
-        from gptkit.tokenizer_io import tokenizer_from_dict
+        from gptkit.tokenizers.stored import tokenizer_from_dict
 
         return tokenizer_from_dict(read_info(resolve(checkpoint, checkpoints)).meta["tokenizer"])
-    from gptkit.tokenview import resolve_tokenizer
+    from gptkit.tokenizers import resolve_tokenizer
 
     name = spec or TrainConfig.tokenizer
     if decoding and name in _TRAINED and train_text is None:
@@ -148,7 +149,7 @@ def tokenize_command(
             check_output_file(save_tokenizer, "--save-tokenizer FILE")
         train_text = None
         if train_file is not None:
-            from gptkit.corpus import read_text
+            from gptkit.data.sources import read_text
 
             train_text = read_text(train_file)
         if mode == "out":
@@ -162,7 +163,7 @@ def tokenize_command(
         tok = load_tokenizer_for(tokenizer, checkpoint, checkpoints, train_text if mode == "decode" else
                                  (train_text or source), vocab_size, decoding=mode == "decode")
         if save_tokenizer is not None:
-            from gptkit.tokenizer_io import save_tokenizer as save
+            from gptkit.tokenizers.stored import save_tokenizer as save
 
             save(tok, save_tokenizer)
         if mode == "decode":
@@ -185,15 +186,13 @@ def _decode(tok, source: str, lines: bool) -> None:
 
 def _script_output(tok, source: str, mode: str, lines: bool) -> None:
     """--ids, --json, --count: for the whole text, or one line of output per input line."""
-    from gptkit.cli import tokenize_render as render
-    from gptkit.dataset_build import array_encoder
-    from gptkit.tokenview import Pieces
+    from gptkit.cli.views import tokenize_view as render
+    from gptkit.introspect.tokens import Pieces
 
     parts = source.split("\n") if lines else [source]
     if lines and source.endswith("\n"):
         parts.pop()  # the final newline ends the last line; it does not start another
-    encode = array_encoder(tok)  # ids as a numpy array: a fraction of the memory of a list of ints
-    encoded = [encode(part) for part in parts]  # all before any output: text that cannot be encoded fails cleanly
+    encoded = [tok.encode_array(part) for part in parts]  # text that cannot be encoded fails before any output
     fields = render.JsonFields(Pieces(tok))  # shared by the documents of --lines
     for part, part_ids in zip(parts, encoded, strict=True):
         if mode == "ids":
@@ -212,11 +211,10 @@ def _view(tok, source: str) -> None:
     else the plain view written part by part as it is made."""
     from itertools import islice
 
-    from gptkit.cli import tokenize_render as render
-    from gptkit.dataset_build import array_encoder
-    from gptkit.tokenview import Counts, iter_tokens
+    from gptkit.cli.views import tokenize_view as render
+    from gptkit.introspect.tokens import Counts, iter_tokens
 
-    token_ids = array_encoder(tok)(source)
+    token_ids = tok.encode_array(source)
     counts = Counts(len(source), len(source.encode("utf-8")), len(token_ids))
     tokens = iter_tokens(tok, source, token_ids)  # made as they are read: only the shown ones are made
     if rich_output():
@@ -234,8 +232,8 @@ def _write(parts: Iterable[str]) -> None:
 
 
 def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | None) -> None:
-    from gptkit.cli import tokenize_render as render
-    from gptkit.tokenview import compare
+    from gptkit.cli.views import tokenize_view as render
+    from gptkit.introspect.tokens import compare
 
     specs = [s.strip() for s in spec.split(",") if s.strip()]
     if not specs:
@@ -252,12 +250,12 @@ def _build(text: str | None, file: Path | None, out: Path, spec: str | None, che
            checkpoints: Path | None, train_text: str | None, vocab_size: int | None, val_fraction: float,
            save_tokenizer: Path | None, quiet: bool) -> None:
     """--out: stream FILE into a dataset folder, with a progress bar on stderr at a terminal."""
-    from gptkit.cli import tokenize_render as render
-    from gptkit.dataset_build import build_dataset
-    from gptkit.textchunks import open_path
+    from gptkit.cli.views import tokenize_view as render
+    from gptkit.data.build import build_dataset
+    from gptkit.data.chunks import open_path
 
     path = file if file is not None else Path(text)
-    from gptkit.tokenizer import TOKENIZER_NAMES
+    from gptkit.tokenizers import TOKENIZER_NAMES
 
     name = spec or TrainConfig.tokenizer
     given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
@@ -272,7 +270,7 @@ def _build(text: str | None, file: Path | None, out: Path, spec: str | None, che
         progress.close()
         tf.f.close()
     if save_tokenizer is not None:
-        from gptkit.tokenizer_io import save_tokenizer as save
+        from gptkit.tokenizers.stored import save_tokenizer as save
 
         save(ds.tokenizer, save_tokenizer)
     if not quiet:

@@ -12,9 +12,8 @@ import typer
 
 from gptkit.cli.app import app, config_options, handle_errors, with_options
 from gptkit.config import ModelConfig, TrainConfig, load_toml, resolve_config
-from gptkit.corpus import decode_utf8
+from gptkit.data.chunks import HEAD_BYTES, decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
-from gptkit.textchunks import HEAD_BYTES
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
 
@@ -92,7 +91,7 @@ def train_command(
         if resume and data is None:
             data = _recorded_dataset(run_dir)
 
-        from gptkit.display import TrainView
+        from gptkit.cli.views.train_view import TrainView
         from gptkit.train import train
 
         quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports

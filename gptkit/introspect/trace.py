@@ -23,10 +23,10 @@ import torch.nn as nn
 from gptkit.checkpoint import CheckpointInfo
 from gptkit.config import to_dict
 from gptkit.errors import UsageError
+from gptkit.introspect.tokens import label
 from gptkit.model import GPT
-from gptkit.tokenizer import Tokenizer
-from gptkit.tokenizer_io import tokenizer_from_dict
-from gptkit.tokenview import label
+from gptkit.tokenizers.core import Tokenizer
+from gptkit.tokenizers.stored import tokenizer_from_dict
 
 # ------------------------------------------------------------------------------------------------
 # Summary (header only)

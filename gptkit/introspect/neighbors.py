@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.checkpoint import CheckpointInfo
-from gptkit.corpus import read_text, sha256_bytes
-from gptkit.data import split_point
+from gptkit.data.dataset import split_point
+from gptkit.data.sources import read_text, sha256_bytes
 from gptkit.errors import InputError, TokenizerError
-from gptkit.introspect import Trace, piece, run_blocks
+from gptkit.introspect.tokens import label
+from gptkit.introspect.trace import Trace, piece, run_blocks
 from gptkit.model import GPT
-from gptkit.tokenizer import Tokenizer
-from gptkit.tokenview import label
+from gptkit.tokenizers.core import Tokenizer
 
 Progress = Callable[[int, int], None]
 

@@ -16,19 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from gptkit.errors import TokenizerError
-from gptkit.tokenizer import (
-    TOKENIZER_NAMES,
-    CharTokenizer,
-    TiktokenTokenizer,
-    Tokenizer,
-    build_tokenizer,
-)
-from gptkit.tokenizer_io import load_tokenizer
+from gptkit.tokenizers import TOKENIZER_NAMES, resolve_tokenizer
+from gptkit.tokenizers.bpe import TiktokenTokenizer
+from gptkit.tokenizers.core import CharTokenizer, Tokenizer
 
 HELD_OUT = 0.1  # the compare table's held-out part: the last 10% of the text, cut at a line
 CHUNK_TOKENS = 1 << 14  # tokens whose offsets and output the streaming views hold at a time: bounds their memory
@@ -40,16 +33,6 @@ def visible_char(ch: str) -> str:
     if ch in _ESCAPES:
         return _ESCAPES[ch]
     return f"\\x{ord(ch):02x}" if ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 else ch
-
-
-def resolve_tokenizer(spec: str, train_text: str | None = None, vocab_size: int | None = None) -> Tokenizer:
-    """A tokenizer from a name (char and bpe learn from `train_text`) or a JSON file saved earlier."""
-    if spec in TOKENIZER_NAMES:
-        return build_tokenizer(spec, train_text, vocab_size)
-    if spec.endswith(".json") or Path(spec).is_file():
-        return load_tokenizer(spec)
-    raise TokenizerError(f"unknown tokenizer {spec!r}; choose one of: {', '.join(TOKENIZER_NAMES)}, "
-                         "or a tokenizer .json file saved with --save-tokenizer")
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
@@ -267,8 +250,7 @@ def compare(text: str, specs: list[str], vocab_size: int | None = None,
     """Each tokenizer on `text`, as `gptkit train` would build it: char learns the whole text
     (validation must be encodable), bpe the first 90% (or `train_text` for both when given);
     held-out tokens per character are counted on the last 10%."""
-    from gptkit.data import split_point
-    from gptkit.dataset_build import array_encoder
+    from gptkit.data.dataset import split_point
 
     cut = split_point(text, HELD_OUT)
     held_out = text[cut:]
@@ -280,7 +262,7 @@ def compare(text: str, specs: list[str], vocab_size: int | None = None,
         else:
             learn, trained_on = (text, "all of the text") if spec == "char" else (text[:cut], "first 90%")
         tok = resolve_tokenizer(spec, learn, vocab_size)
-        encode = array_encoder(tok)
+        encode = tok.encode_array
         ids = encode(text).astype(np.int64)
         bounds = boundaries(data, ids, token_byte_lengths(tok))
         counts = Counts(len(text), len(data), len(ids))

@@ -3,7 +3,7 @@
 Owns the colours (alternating token backgrounds; a character split across tokens underlined on
 underlined), the token and comparison tables, the plain forms scripts read (pieces joined by
 `|`, the --json document, tab-separated tables), and the dataset-build progress bar on stderr. It
-computes nothing (`gptkit.tokenview` does) and imports rich only when drawing for a terminal.
+computes nothing (`gptkit.introspect.tokens` does) and imports rich only when drawing for a terminal.
 The plain view and the --json document come as an iterator of parts of about CHUNK_TOKENS tokens
 each, so a text of tens of millions of tokens is written as it is made, never held as one string.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from gptkit import tokenview
-from gptkit.tokenview import CompareRow, Counts, Pieces, Token, iter_segments, segments, visible_char
+from gptkit.introspect import tokens as token_pieces
+from gptkit.introspect.tokens import CompareRow, Counts, Pieces, Token, iter_segments, segments, visible_char
 
 PALETTE = ("black on #a8dadc", "black on #f1c0e8", "black on #fde4cf", "black on #b9fbc0", "black on #cfbaf0")
 MAX_ROWS = 1000  # the terminal table stops here; --json lists every token
@@ -47,7 +47,7 @@ def plain_view(tok: Any, text: str, tokens: Iterable[Token], counts: Counts) -> 
         parts.append(bar + labels + ("\n" if ended_line else ""))
         bar = "" if ended_line else "|"
         n += len(group)
-        if n >= tokenview.CHUNK_TOKENS:
+        if n >= token_pieces.CHUNK_TOKENS:
             yield "".join(parts)
             parts, n = [], 0
     parts.append(("" if ended_line else "\n") + counts_line(tok, counts) + "\n")
@@ -56,7 +56,7 @@ def plain_view(tok: Any, text: str, tokens: Iterable[Token], counts: Counts) -> 
 
 def joined_ids(ids: np.ndarray, sep: str) -> Iterator[str]:
     """`sep.join` of the ids as decimal text, in parts of CHUNK_TOKENS ids (--ids, and --json's list)."""
-    size = tokenview.CHUNK_TOKENS
+    size = token_pieces.CHUNK_TOKENS
     for first in range(0, len(ids), size):
         yield (sep if first else "") + sep.join(map(str, ids[first:first + size].tolist()))
 
@@ -78,7 +78,7 @@ class JsonFields(dict):
 
 def json_document(tok: Any, text: str, ids: np.ndarray, fields: JsonFields | None = None) -> Iterator[str]:
     """The --json document of `text` (encoded as `ids`), in parts: tokenizer, vocab_size, chars, bytes,
-    count, ids, then every token's fields (see `tokenview.Token`) -- the bytes `json.dumps` gives for
+    count, ids, then every token's fields (see `token_pieces.Token`) -- the bytes `json.dumps` gives for
     the whole document at once (`ensure_ascii=False`), without ever holding it."""
     fields = JsonFields(Pieces(tok)) if fields is None else fields
     head = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "chars": len(text),
@@ -86,10 +86,10 @@ def json_document(tok: Any, text: str, ids: np.ndarray, fields: JsonFields | Non
     yield json.dumps(head, ensure_ascii=False)[:-1] + ', "ids": ['
     yield from joined_ids(ids, ", ")
     yield '], "tokens": ['
-    size = tokenview.CHUNK_TOKENS
+    size = token_pieces.CHUNK_TOKENS
     parts: list[str] = []
     sep = ""  # between one part's tokens and the next part's
-    for t in tokenview.iter_tokens(tok, text, ids, fields.pieces):
+    for t in token_pieces.iter_tokens(tok, text, ids, fields.pieces):
         text_json, bytes_label = fields[t.id]
         parts.append(f'{{"id": {t.id}, "text": {"null" if t.text is None else text_json}, {bytes_label}, '
                      f'"start": {t.start}, "end": {t.end}, "byte_start": {t.byte_start}, "byte_end": {t.byte_end}}}')

@@ -1,8 +1,9 @@
-"""Where tiktoken's named encodings live offline, and the check that they are really there.
+"""tiktoken's named encodings (gpt2, cl100k_base, ...), loaded strictly offline.
 
 Owns the table of files each named encoding needs (URL and pinned sha256, as tiktoken_ext pins
-them) and the lookup in tiktoken's cache folder, so a missing or corrupt file is one clear
-`TokenizerError` before tiktoken could try a download. Does not build encodings (tokenizer.py does).
+them), the lookup in tiktoken's cache folder, so a missing or corrupt file is one clear
+`TokenizerError` before tiktoken could try a download, and `load_tiktoken`, which builds the
+encoding as a `bpe.TiktokenTokenizer`. Never downloads anything.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from gptkit.errors import TokenizerError
+from gptkit.tokenizers.bpe import TiktokenTokenizer
 
 _BLOB = "https://openaipublic.blob.core.windows.net"
 # The files tiktoken fetches for each named encoding, with the sha256 it pins (copied from
@@ -81,10 +83,10 @@ def gpt2_ranks(files: dict[str, bytes]) -> dict[bytes, int]:
     """gpt2's mergeable ranks from its encoder.json (`files`: what check_cached("gpt2") returned).
 
     tiktoken's loader (`data_gym_to_mergeable_bpe_ranks`) rebuilds the 50,000 merges of vocab.bpe in
-    Python and checks them against encoder.json: ~0.35 s at every start of a gpt2 command. Both files'
+    Python and checks them against encoder.json at every start of a gpt2 command. Both files'
     sha256 are pinned and checked above, so that check can only pass; here encoder.json alone is read,
     its keys turned back into bytes (data gym spells the 68 unprintable bytes and space as the
-    characters 256 onwards), ~0.05 s. A test checks the result equals tiktoken's own."""
+    characters 256 onwards). A test checks the result equals tiktoken's own."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     table = {256 + n: b for n, b in enumerate(b for b in range(256) if b not in printable)}
     encoder = json.loads(files[TIKTOKEN_FILES["gpt2"][1][0]])
@@ -92,3 +94,28 @@ def gpt2_ranks(files: dict[str, bytes]) -> dict[bytes, int]:
     for special in (b"<|endoftext|>", b"<|startoftext|>"):  # not mergeable: tiktoken drops them too
         ranks.pop(special, None)
     return ranks
+
+
+def load_tiktoken(name: str) -> TiktokenTokenizer:
+    """A tiktoken named encoding, read offline from the tiktoken cache (never downloaded)."""
+    if name not in TIKTOKEN_NAMES:
+        raise TokenizerError(
+            f"unknown tiktoken encoding {name!r}; choose one of: {', '.join(TIKTOKEN_NAMES)}"
+        )
+    files = check_cached(name)
+    from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS, ENDOFTEXT, r50k_pat_str
+
+    try:
+        if name == "gpt2":  # faster than tiktoken's own loader (see gpt2_ranks)
+            params = {"pat_str": r50k_pat_str, "mergeable_ranks": gpt2_ranks(files), "special_tokens": {ENDOFTEXT: 50256}}
+        else:
+            params = ENCODING_CONSTRUCTORS[name]()
+    # A race with the check above, or a tiktoken change: still one line, never a traceback.
+    except Exception as e:  # noqa: BLE001
+        raise TokenizerError(
+            f"tiktoken encoding {name!r} could not be loaded from TIKTOKEN_CACHE_DIR "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the cache folder"
+        ) from None
+    return TiktokenTokenizer(
+        "tiktoken", name, params["pat_str"], params["mergeable_ranks"], params["special_tokens"]
+    )

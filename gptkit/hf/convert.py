@@ -6,7 +6,7 @@ Owns reading and writing the two on-disk forms and choosing the direction: a fol
 Only safetensors and JSON are read: a folder holding just `pytorch_model.bin` (a pickle, which can
 run code when loaded) is refused, never opened. transformers is not needed or imported.
 
-The name and config mapping lives in `hf.py`; this module only moves tensors between files.
+The name and config mapping lives in `gpt2.py`; this module only moves tensors between files.
 HF -> gptkit writes `DST/last.safetensors` (or DST itself when it ends in `.safetensors`) with the
 `gpt2` tiktoken tokenizer — or the gptkit tokenizer a previous export left as `gptkit_tokenizer.json`.
 gptkit -> HF writes `config.json`, `model.safetensors`, `generation_config.json` and either GPT-2's
@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from gptkit import __version__, checkpoint, hf
+from gptkit import __version__, checkpoint
 from gptkit.config import ModelConfig, to_dict
 from gptkit.errors import CheckpointError, InputError, UsageError
 from gptkit.fsio import atomic_write, atomic_write_bytes, clean_stale_temps
-from gptkit.tokenizer import Tokenizer
+from gptkit.hf import gpt2
+from gptkit.tokenizers.core import Tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
 HF_WEIGHTS, HF_INDEX, HF_CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
@@ -143,15 +144,15 @@ def _hf_vocab(folder: Path) -> dict[str, int] | None:
 def _tokenizer_for(folder: Path, cfg: ModelConfig) -> Tokenizer:
     """The tokenizer a converted model gets: a gptkit export's own, else tiktoken's gpt2 — after
     checking that any vocabulary shipped in the folder is GPT-2's."""
-    from gptkit.tokenizer import build_tokenizer
-    from gptkit.tokenizer_io import load_tokenizer
+    from gptkit.tokenizers import build_tokenizer
+    from gptkit.tokenizers.stored import load_tokenizer
 
     if (folder / GPTKIT_TOKENIZER).is_file():
         tok = load_tokenizer(folder / GPTKIT_TOKENIZER)
     else:
         tok = build_tokenizer("gpt2")
         vocab = _hf_vocab(folder)
-        if vocab is not None and vocab != hf.gpt2_vocab(tok):
+        if vocab is not None and vocab != gpt2.gpt2_vocab(tok):
             raise InputError(f"the tokenizer in {str(folder)!r} is not GPT-2's; gptkit can pair converted "
                              "weights only with the gpt2 tokenizer (or a gptkit_tokenizer.json)")
     if tok.vocab_size > cfg.vocab_size:
@@ -190,8 +191,8 @@ def _checkpoint_path(dst: Path, overwrite: bool) -> tuple[Path, list[Path]]:
 def hf_to_gptkit(folder: Path, dst: Path, dtype: str | None = None, overwrite: bool = False) -> ConvertResult:
     """Hugging Face GPT-2 folder -> a gptkit checkpoint that sample, inspect and train --init-from read."""
     hf_config, hf_tensors = read_hf_folder(folder)
-    cfg = hf.config_from_hf(hf_config)
-    tensors = _cast(hf.from_hf_state_dict(hf_tensors, cfg), dtype)
+    cfg = gpt2.config_from_hf(hf_config)
+    tensors = _cast(gpt2.from_hf_state_dict(hf_tensors, cfg), dtype)
     tok = _tokenizer_for(folder, cfg)
     path, stale = _checkpoint_path(dst, overwrite)
     source = {"format": "huggingface", "model_type": "gpt2", "path": str(folder.resolve()),
@@ -244,20 +245,20 @@ def _write_hf_files(dst: Path, tensors: dict[str, torch.Tensor], texts: dict[str
 
 def gptkit_to_hf(ckpt: Path, dst: Path, dtype: str | None = None, overwrite: bool = False) -> ConvertResult:
     """A gptkit checkpoint -> a folder `AutoModelForCausalLM.from_pretrained` loads without warnings."""
-    from gptkit.tokenizer_io import tokenizer_from_dict
+    from gptkit.tokenizers.stored import tokenizer_from_dict
 
     info = checkpoint.read_info(ckpt)
     cfg = info.model_config
-    hf.check_representable(cfg)
+    gpt2.check_representable(cfg)
     tok = tokenizer_from_dict(info.meta["tokenizer"])
-    tensors = _cast(hf.to_hf_state_dict(checkpoint.load_tensors(info, "model."), cfg), dtype)
+    tensors = _cast(gpt2.to_hf_state_dict(checkpoint.load_tensors(info, "model."), cfg), dtype)
     dtype_name = _dtype_name(tensors)
     _prepare_folder(dst, overwrite)
-    config = hf.hf_config_from(cfg, tok.eot_id, dtype_name)
+    config = gpt2.hf_config_from(cfg, tok.eot_id, dtype_name)
     texts = {HF_CONFIG: json.dumps(config, indent=2) + "\n",
              GENERATION_CONFIG: json.dumps({"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id}, indent=2) + "\n"}
-    if hf.is_gpt2_tokenizer(tok):
-        texts.update(hf.gpt2_tokenizer_files(tok, cfg.block_size))
+    if gpt2.is_gpt2_tokenizer(tok):
+        texts.update(gpt2.gpt2_tokenizer_files(tok, cfg.block_size))
     else:  # no Hugging Face twin: ship gptkit's own description (README: how to use it)
         texts[GPTKIT_TOKENIZER] = json.dumps(tok.to_dict(), separators=(",", ":"))
     files = _write_hf_files(dst, tensors, texts)

@@ -7,8 +7,8 @@ Owns the dataset folder format shared by `gptkit train FILE.txt` (cached under t
     DIR/meta.json                tokenizer (complete), dtype, token and character counts, source and its sha256
 
 Validation is the *last* `val_fraction` of the text, cut at a line boundary, so a held-out score
-measures text the model never saw. Building a folder is `dataset_build.build_dataset` (streamed,
-chunked, parallel); this module reads folders, reuses a cached one, and samples batches.
+measures text the model never saw. Building a folder, or reusing a cached one, is `build.py`
+(streamed, chunked, parallel); this module reads folders and samples batches.
 It does not train models or choose devices.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from gptkit.corpus import Source
+from gptkit.data.chunks import open_text, split_offset
 from gptkit.errors import InputError
-from gptkit.tokenizer import Tokenizer
-from gptkit.tokenizer_io import tokenizer_from_dict
+from gptkit.tokenizers.core import Tokenizer
+from gptkit.tokenizers.stored import tokenizer_from_dict
 
 DATASET_FORMAT = 1
 
@@ -38,8 +38,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def split_point(text: str, val_fraction: float) -> int:
     """Index in `text` where validation starts: the same cut `build_dataset` makes on the text's
     UTF-8 bytes (val_fraction from the end, moved to the next line start)."""
-    from gptkit.textchunks import open_text, split_offset
-
     data = text.encode("utf-8")
     cut = split_offset(open_text(io.BytesIO(data), "text"), val_fraction)
     return len(data[:cut].decode("utf-8"))
@@ -54,10 +52,12 @@ class TokenDataset:
     val: np.ndarray
     meta: dict[str, Any]
 
+    known_tokenizer: Tokenizer | None = None  # the builder's own: not rebuilt from meta.json
+
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """Rebuilt from meta.json once (a tiktoken encoding takes a fraction of a second to build)."""
-        return tokenizer_from_dict(self.meta["tokenizer"])
+        return self.known_tokenizer or tokenizer_from_dict(self.meta["tokenizer"])
 
     @property
     def val_tokens_per_char(self) -> float:
@@ -65,7 +65,8 @@ class TokenDataset:
         return self.meta["val_tokens"] / max(1, self.meta["val_chars"])
 
 
-def load_dataset(path: str | Path) -> TokenDataset:
+def load_dataset(path: str | Path, tokenizer: Tokenizer | None = None) -> TokenDataset:
+    """Map a dataset folder; `tokenizer`, when the caller holds the one meta.json describes, is used as is."""
     p = Path(path)
     meta_path = p / "meta.json"
     if not meta_path.is_file():
@@ -81,37 +82,7 @@ def load_dataset(path: str | Path) -> TokenDataset:
         if len(arr) != meta[f"{name}_tokens"]:
             raise InputError(f"dataset folder {str(p)!r}: {name}.bin has {len(arr)} tokens, meta.json says "
                              f"{meta[f'{name}_tokens']}; rebuild it with `gptkit tokenize`")
-    return TokenDataset(p, arrays[0], arrays[1], meta)
-
-
-def dataset_key(source: Source, tokenizer_name: str, vocab_size: int | None, val_fraction: float) -> dict[str, Any]:
-    """What a cached dataset must match to be reused."""
-    return {"source_sha256": source.sha256, "tokenizer_name": tokenizer_name,
-            "bpe_vocab_size": vocab_size, "val_fraction": val_fraction}
-
-
-def prepare_dataset(source: Source, tokenizer_name: str, vocab_size: int | None, val_fraction: float,
-                    out_dir: Path, tokenizer: Tokenizer | None = None) -> TokenDataset:
-    """Tokenize `source` once into out_dir, or reuse what is there if it was built the same way.
-
-    `tokenizer`, when given (fine-tuning, resuming), is used as is instead of building one.
-    """
-    key = dataset_key(source, tokenizer_name, vocab_size, val_fraction)
-    if tokenizer is not None:
-        key["tokenizer_fingerprint"] = tokenizer.fingerprint()
-    if (out_dir / "meta.json").is_file():
-        try:
-            ds = load_dataset(out_dir)
-            if ds.meta.get("key") == key:
-                return ds
-        except InputError:
-            pass  # damaged cache: rebuild below
-    from gptkit.dataset_build import build_dataset  # the builder imports this module
-    from gptkit.textchunks import open_text
-
-    tf = open_text(io.BytesIO(source.text.encode("utf-8")), repr(source.origin))
-    return build_dataset(tf, out_dir, tokenizer_name, vocab_size, val_fraction, tokenizer,
-                         source={"path": source.path, "origin": source.origin}, key=key)
+    return TokenDataset(p, arrays[0], arrays[1], meta, tokenizer)
 
 
 def check_lengths(ds: TokenDataset, block_size: int) -> None:

@@ -13,9 +13,9 @@ whole text at once, whatever the chunk size:
 
 It also owns the one check of bytes that should be text (`check_text`: a NUL byte means a binary
 file, invalid UTF-8 is named by its first bad byte and that byte's offset in the file), which
-`corpus.py` and `gptkit train`'s early look at a file use too; it streams a file as checked text
+`sources.py` and `gptkit train`'s early look at a file use too (`decode_utf8`, `argument_text`); it streams a file as checked text
 blocks, skips a byte-order mark, and rejects empty files in one line. Standard library only; it does
-not tokenize (`dataset_build.py` does) and never holds more than a few blocks in memory.
+not tokenize (`build.py` does) and never holds more than a few blocks in memory.
 """
 
 from __future__ import annotations
@@ -108,6 +108,35 @@ def check_text(data: bytes, name: str, at: int = 0, cut: bool = False) -> str:
             f"{name} is not valid UTF-8 (bad byte 0x{data[e.start]:02x} at byte offset {at + e.start}); "
             "convert it, e.g. `iconv -f cp949 -t utf-8`"
         ) from None
+
+
+def decode_utf8(data: bytes, name: str, cut: bool = False, empty_ok: bool = False) -> str:
+    """Bytes -> text, rejecting binary files, invalid UTF-8 (with the offset of the first bad byte) and
+    (unless `empty_ok`) empty or whitespace-only text. With `cut`, `data` is only the start of a file:
+    a character cut off at its end is dropped, and emptiness is not judged (the rest may hold text)."""
+    text = check_text(data, name, cut=cut)
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark is not part of the text
+    if not (cut or empty_ok) and not text.strip():
+        raise InputError(f"{name} is empty or only whitespace; give a file with some text in it")
+    return text
+
+
+def argument_text(text: str, name: str) -> str:
+    """A command-line argument as text, or the same one-line error as a file of invalid UTF-8: Python
+    decodes the command line with surrogateescape, so each byte that is not UTF-8 arrives as a lone
+    surrogate, which would fail later (and far from here) when the text is encoded."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")  # the bytes the user typed
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raise InputError(f"{name} is not valid Unicode text") from None
+    return decode_utf8(data, name, empty_ok=True)
+
 
 
 @dataclass

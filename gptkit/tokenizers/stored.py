@@ -1,12 +1,11 @@
-"""A tokenizer's stored form: the JSON description a checkpoint, a dataset or a `.json` file carries.
+"""A tokenizer's stored form read back: the JSON a checkpoint, a dataset or a `.json` file carries.
 
-Owns the layout in both directions and its version: `tokenizer_to_dict` (what `Tokenizer.to_dict`
-returns: the characters of a char tokenizer; the pattern, base64 merge ranks and special tokens of a
-bpe or tiktoken one) and `tokenizer_from_dict`, which validates every field before rebuilding, so a
-damaged description is one `TokenizerError` line, never a Rust panic inside tiktoken; and tokenizer
-files (`save_tokenizer`, written atomically, and `load_tokenizer`).
-It does not build or train tokenizers (`tokenizer.py`) and needs no network: a description is
-complete on its own. Like `tokenizer.py` it imports neither torch nor, until a bpe is rebuilt, tiktoken.
+Each tokenizer class writes its own form (`Tokenizer.to_dict`: the characters of a char tokenizer;
+the pattern, base64 merge ranks and special tokens of a bpe or tiktoken one). This module goes the
+one other way: `tokenizer_from_dict` validates every field before rebuilding, so a damaged
+description is one `TokenizerError` line, never a Rust panic inside tiktoken; and tokenizer files
+(`save_tokenizer`, written atomically, and `load_tokenizer`). It needs no network: a description
+is complete on its own. It imports neither torch nor, until a bpe is rebuilt, tiktoken.
 """
 
 from __future__ import annotations
@@ -19,30 +18,8 @@ from typing import Any
 
 from gptkit.errors import TokenizerError
 from gptkit.fsio import atomic_write_bytes
-from gptkit.tokenizer import ByteTokenizer, CharTokenizer, TiktokenTokenizer, Tokenizer
-
-FORMAT_VERSION = 1  # version of the tokenizer_to_dict() layout
-
-
-def tokenizer_to_dict(tok: Tokenizer) -> dict[str, Any]:
-    """Complete JSON-serialisable description of `tok`; `tokenizer_from_dict` rebuilds it offline."""
-    head = {"format": FORMAT_VERSION, "kind": tok.kind, "name": tok.name}
-    if isinstance(tok, CharTokenizer):
-        return {**head, "chars": tok.chars}
-    if isinstance(tok, ByteTokenizer):
-        return head
-    assert isinstance(tok, TiktokenTokenizer), type(tok)
-    if tok.ranks_b64 is None:  # encoded once per tokenizer: gpt2's 50k ranks take a while
-        # Ranks are 0..n-1 (checked in tokenizer_from_dict), so the list index is the rank.
-        by_rank = sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1])
-        assert all(rank == i for i, (_, rank) in enumerate(by_rank)), "ranks not contiguous"
-        tok.ranks_b64 = [base64.b64encode(piece).decode("ascii") for piece, _ in by_rank]
-    return {
-        **head,
-        "pat_str": tok.pat_str,
-        "mergeable_ranks": list(tok.ranks_b64),  # base64 token bytes, index = rank
-        "special_tokens": dict(tok.special_tokens),
-    }
+from gptkit.tokenizers.bpe import TiktokenTokenizer
+from gptkit.tokenizers.core import STORED_FORMAT, ByteTokenizer, CharTokenizer, Tokenizer
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
@@ -50,10 +27,10 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     if not isinstance(d, dict):
         raise TokenizerError(f"tokenizer description must be a JSON object, got {type(d).__name__}")
     kind = d.get("kind")
-    if d.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+    if d.get("format", STORED_FORMAT) != STORED_FORMAT:
         raise TokenizerError(
             f"tokenizer format {d.get('format')!r} is not supported (this gptkit reads "
-            f"{FORMAT_VERSION}); upgrade gptkit"
+            f"{STORED_FORMAT}); upgrade gptkit"
         )
     try:
         if kind == "byte":

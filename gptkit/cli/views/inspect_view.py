@@ -4,7 +4,7 @@ Owns rendering the plain results of `introspect.py` and `neighbors.py` onto a ri
 terminal, or a recording console whose picture `--save` writes as SVG or HTML) and the scan's
 progress bar on stderr. Heatmap cells carry their weight twice — as a colour and as a shade character
 (`░▒▓█`) — so they still read with NO_COLOR or in a log file. Tokens show by their `label` (made by
-`tokenview.label`, as in `gptkit tokenize`: `<0xEB>` for a byte that is only part of a character), and
+`introspect.tokens.label`, as in `gptkit tokenize`: `<0xEB>` for a byte that is only part of a character), and
 labels are cropped and padded by terminal cells, so Hangul (two cells a character) stays aligned.
 Column headers are a token's first character, or a byte piece's hex digits (E over B for `<0xEB>`),
 since every byte piece's label begins with `<`. It computes nothing.

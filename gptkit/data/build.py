@@ -1,25 +1,26 @@
 """Building a token dataset folder from a text of any size: streamed, in bounded memory, on all cores.
 
 Owns `build_dataset`, the one code path behind both `gptkit tokenize FILE --out DIR` and
-`gptkit train FILE.txt` (which caches the folder under `checkpoints/<run>/data/`), and the fast
-array encoders it uses: numpy table lookups for ``char`` and ``byte``, tiktoken's native
-`encode_to_numpy` on a thread pool (it releases the GIL) for ``bpe`` and named encodings.
+`gptkit train FILE.txt` (which caches the folder under `checkpoints/<run>/data/` through
+`prepare_dataset`, the reuse-or-build front door). Chunks are encoded by `Tokenizer.encode_array`
+on a thread pool (tiktoken's native `encode_to_numpy` releases the GIL).
 
 How it stays exact and bounded:
-1. the validation split is one byte offset of the whole file (`textchunks.split_offset`);
+1. the validation split is one byte offset of the whole file (`chunks.split_offset`);
 2. a ``char`` vocabulary is collected in a first pass over the file, a ``bpe`` is trained by
    rustbpe streaming the training part;
 3. each side is read in blocks, cut into chunks where tokenization cannot change
-   (`textchunks.find_cut`), encoded a few chunks at a time and appended to temporary ``.bin``
+   (`chunks.find_cut`), encoded a few chunks at a time and appended to temporary ``.bin``
    files, which are renamed at the end, `meta.json` last. The result is byte-identical whatever
    the chunk size and equals encoding each side of the split whole.
 
-It does not read the folder back for training (`data.py` does) and never prints.
+It does not read the folder back for training (`dataset.py` does) and never prints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import deque
@@ -30,59 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from gptkit.data import DATASET_FORMAT, TokenDataset, load_dataset, token_dtype
+from gptkit.data.chunks import TextFile, open_text, read_blocks, rechunk, split_offset
+from gptkit.data.dataset import DATASET_FORMAT, TokenDataset, load_dataset, token_dtype
+from gptkit.data.sources import Source
 from gptkit.errors import InputError
 from gptkit.fsio import atomic_write_bytes, clean_stale_temps, removed_on_error, temp_path
-from gptkit.textchunks import TextFile, read_blocks, rechunk, split_offset
-from gptkit.tokenizer import (
-    CharTokenizer,
-    TiktokenTokenizer,
-    Tokenizer,
-    build_tokenizer,
-    train_bpe_from_chunks,
-)
+from gptkit.tokenizers import build_tokenizer
+from gptkit.tokenizers.bpe import DEFAULT_BPE_VOCAB_SIZE, TRAIN_CHUNK_CHARS, train_bpe_from_chunks
+from gptkit.tokenizers.core import UNICODE_SIZE, CharTokenizer, Tokenizer, code_points
 
 CHUNK_CHARS = 1 << 18  # characters encoded per task (small enough that the last tasks do not idle a core)
-UNICODE_SIZE = 0x110000  # code points: a char tokenizer's lookup table has one int32 per code point
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
-
-
-def array_encoder(tok: Tokenizer) -> Callable[[str], np.ndarray]:
-    """A function text -> ids as a numpy array, equal to `tok.encode` but without Python ints."""
-    if tok.kind == "byte":
-        return lambda text: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    if isinstance(tok, CharTokenizer):
-        table = np.full(UNICODE_SIZE, -1, dtype=np.int32)
-        table[_code_points(tok.chars)] = np.arange(len(tok.chars), dtype=np.int32)
-
-        def encode_chars(text: str) -> np.ndarray:
-            ids = table[_code_points(text)]  # (n_chars,), -1 where the vocabulary lacks the character
-            if ids.size and ids.min() < 0:
-                tok.encode(text)  # raises the error that lists the unknown characters
-            return ids
-
-        return encode_chars
-    if isinstance(tok, TiktokenTokenizer):
-        # One tiny encode here, on the calling thread, before a pool's threads first call tiktoken:
-        # measured on 53 MB with gpt2 (a fresh process each time), the build then took 2.6-3.0 s
-        # instead of 3.6-4.5 s. Not a one-time cost: when two pool threads were the first callers,
-        # every 1 MB chunk after encoded ~40% slower (0.12-0.26 s against 0.09-0.20). The cause is
-        # inside tiktoken (which per-thread regex each thread gets, perhaps); we did not find it.
-        tok.enc.encode_to_numpy("warm up", disallowed_special=())
-        # special-token text stays ordinary text, exactly as encode_ordinary
-        return lambda text: tok.enc.encode_to_numpy(text, disallowed_special=())
-    return lambda text: np.asarray(tok.encode(text), dtype=np.uint32)
-
-
-def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
 def collect_chars(blocks: Iterator[str]) -> str:
     """The sorted distinct characters of the text streamed as `blocks` (the char vocabulary)."""
     seen = np.zeros(UNICODE_SIZE, dtype=bool)
     for block in blocks:
-        seen[_code_points(block)] = True
+        seen[code_points(block)] = True
     return "".join(map(chr, np.flatnonzero(seen)))
 
 
@@ -110,7 +76,8 @@ def tokenizer_for_file(tf: TextFile, split: int, name: str, vocab_size: int | No
         if split <= tf.start:
             raise InputError(f"{tf.name} leaves no training text before the validation split; use more text")
         blocks = read_blocks(tf, tf.start, split, on_bytes=bytes_seen("training bpe", tf.start, split))
-        return train_bpe_from_chunks(rechunk(blocks, 1 << 16), 1024 if vocab_size is None else vocab_size)
+        return train_bpe_from_chunks(rechunk(blocks, TRAIN_CHUNK_CHARS),
+                                     DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
     return build_tokenizer(name, vocab_size=vocab_size)
 
 
@@ -174,8 +141,8 @@ def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None
             "dtype": token_dtype(tokenizer.vocab_size).name,
             "train_tokens": counts["train"][0],
             "val_tokens": counts["val"][0],
-            "key": key if key is not None else {"source_sha256": sha, "tokenizer_name": tokenizer_name or tokenizer.name,
-                                                "bpe_vocab_size": vocab_size, "val_fraction": val_fraction},
+            "key": key if key is not None else dataset_key(sha, tokenizer_name or tokenizer.name, vocab_size,
+                                                           val_fraction),
             "source": {**(source or {}), "sha256": sha, "bytes": tf.n_bytes},
             "val_fraction": val_fraction,
             "split_byte": split - tf.start,  # validation starts at this offset of the text's UTF-8 bytes
@@ -188,15 +155,13 @@ def build_dataset(tf: TextFile, out_dir: Path, tokenizer_name: str | None = None
         except OSError as e:
             raise InputError(f"cannot write dataset folder {str(out_dir)!r} ({e.strerror or e}); free space or "
                              "choose another --out") from None
-    ds = load_dataset(out_dir)
-    ds.__dict__["tokenizer"] = tokenizer  # fill the cached property: the same tokenizer, not rebuilt
-    return ds
+    return load_dataset(out_dir, tokenizer)
 
 
 def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_chars: int, workers: int | None,
                 progress: Progress | None) -> tuple[dict[str, list[int]], str]:
     """Encode both sides into temporary files, then rename them into place; (counts, sha256 of the text)."""
-    encode = array_encoder(tok)
+    encode = tok.encode_array
     dtype = token_dtype(tok.vocab_size)
     exact = tok.kind not in ("char", "byte")  # regex pre-tokenizers need cuts no piece spans
     workers = workers or os.cpu_count() or 1
@@ -231,3 +196,30 @@ def _write_bins(tf: TextFile, split: int, tok: Tokenizer, out_dir: Path, chunk_c
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return counts, sha.hexdigest()
+
+
+def dataset_key(sha256: str, tokenizer_name: str, vocab_size: int | None, val_fraction: float) -> dict[str, Any]:
+    """What a cached dataset must match to be reused."""
+    return {"source_sha256": sha256, "tokenizer_name": tokenizer_name,
+            "bpe_vocab_size": vocab_size, "val_fraction": val_fraction}
+
+
+def prepare_dataset(source: Source, tokenizer_name: str, vocab_size: int | None, val_fraction: float,
+                    out_dir: Path, tokenizer: Tokenizer | None = None) -> TokenDataset:
+    """Tokenize `source` once into out_dir, or reuse what is there if it was built the same way.
+
+    `tokenizer`, when given (fine-tuning, resuming), is used as is instead of building one.
+    """
+    key = dataset_key(source.sha256, tokenizer_name, vocab_size, val_fraction)
+    if tokenizer is not None:
+        key["tokenizer_fingerprint"] = tokenizer.fingerprint
+    if (out_dir / "meta.json").is_file():
+        try:
+            ds = load_dataset(out_dir)
+            if ds.meta.get("key") == key:
+                return ds
+        except InputError:
+            pass  # damaged cache: rebuild below
+    tf = open_text(io.BytesIO(source.text.encode("utf-8")), repr(source.origin))
+    return build_dataset(tf, out_dir, tokenizer_name, vocab_size, val_fraction, tokenizer,
+                         source={"path": source.path, "origin": source.origin}, key=key)

@@ -1,11 +1,11 @@
 """Where training text comes from: a local UTF-8 file, an http(s) URL, or the built-in corpus.
 
 Owns reading text safely (one-line errors for missing, binary, empty or non-UTF-8 input, with the
-byte offset of the first bad byte; the binary and UTF-8 checks are `textchunks.check_text`),
+byte offset of the first bad byte; the binary and UTF-8 checks are `chunks.check_text`),
 downloading a URL once into the store's cache, and building the built-in default corpus from the
 docstrings of Python's own standard library (parsed with `ast`, never imported or executed), so
 `gptkit train` works on any machine with nothing downloaded.
-It does not tokenize; `data.py` does that. Standard library only.
+It does not tokenize; `build.py` does that. Standard library only.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptkit.data.chunks import decode_utf8
 from gptkit.errors import InputError
-from gptkit.textchunks import check_text
 
 BUILTIN = "builtin"  # the name recorded for the built-in corpus
 BUILTIN_MAX_BYTES = 4_000_000  # enough for a small model; keeps the first build to a few seconds
@@ -40,34 +40,6 @@ class Source:
     @property
     def n_bytes(self) -> int:
         return len(self.text.encode("utf-8"))
-
-
-def decode_utf8(data: bytes, name: str, cut: bool = False, empty_ok: bool = False) -> str:
-    """Bytes -> text, rejecting binary files, invalid UTF-8 (with the offset of the first bad byte) and
-    (unless `empty_ok`) empty or whitespace-only text. With `cut`, `data` is only the start of a file:
-    a character cut off at its end is dropped, and emptiness is not judged (the rest may hold text)."""
-    text = check_text(data, name, cut=cut)
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a UTF-8 byte-order mark is not part of the text
-    if not (cut or empty_ok) and not text.strip():
-        raise InputError(f"{name} is empty or only whitespace; give a file with some text in it")
-    return text
-
-
-def argument_text(text: str, name: str) -> str:
-    """A command-line argument as text, or the same one-line error as a file of invalid UTF-8: Python
-    decodes the command line with surrogateescape, so each byte that is not UTF-8 arrives as a lone
-    surrogate, which would fail later (and far from here) when the text is encoded."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        data = text.encode("utf-8", "surrogateescape")  # the bytes the user typed
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        raise InputError(f"{name} is not valid Unicode text") from None
-    return decode_utf8(data, name, empty_ok=True)
 
 
 def read_text(path: str | Path) -> str:
