@@ -1,6 +1,6 @@
-"""Shared fixtures: the real corpora in ../shared/data, offline tiktoken, one small model trained
-for real once per test session (and its checkpoint), and CLI runners: in a subprocess, or in this
-process for cases that must cost milliseconds."""
+"""Shared fixtures: the real corpora shipped in tests/data (see its README), offline tiktoken, one
+small model trained for real once per test session (and its checkpoint), and CLI runners: in a
+subprocess, or in this process for cases that must cost milliseconds."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("GPTKIT_TEST_DATA") or ROOT / "tests" / "data")
 SHAKESPEARE = DATA / "tinyshakespeare.txt"
-KOREAN = DATA / "korean" / "koconovel.txt"
-ENGLISH = DATA / "english" / "pride_and_prejudice.txt"
+KOREAN = DATA / "korean.txt"  # the first 400k characters of the Korean novels
+ENGLISH = DATA / "english.txt"  # the first 200k characters of Pride and Prejudice
 os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA / "tiktoken")  # gpt2 / cl100k_base load offline
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -15,11 +15,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TIKTOKEN_DIR = DATA / "tiktoken"
-os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_DIR)  # before any tiktoken.get_encoding
-
 import tiktoken
 
 from gptkit.errors import TokenizerError
@@ -27,6 +22,7 @@ from gptkit.tokenizers import TIKTOKEN_NAMES, TOKENIZER_KINDS, build_tokenizer
 from gptkit.tokenizers.core import Tokenizer
 from gptkit.tokenizers.named import load_tiktoken
 from gptkit.tokenizers.stored import tokenizer_from_dict
+from tests.conftest import DATA  # conftest (loaded first) points TIKTOKEN_CACHE_DIR at the shipped cache
 
 KINDS = ["char", "byte", "bpe", "gpt2", "cl100k_base"]
 LANGS = ["korean", "english"]
@@ -34,8 +30,8 @@ LANGS = ["korean", "english"]
 
 @cache
 def full_text(lang: str) -> str:
-    path = {"korean": DATA / "korean" / "koconovel.txt",
-            "english": DATA / "english" / "pride_and_prejudice.txt"}[lang]
+    path = {"korean": DATA / "korean.txt",
+            "english": DATA / "english.txt"}[lang]
     return path.read_text(encoding="utf-8")
 
 
@@ -158,7 +154,7 @@ def test_uncached_tiktoken_fails_fast_without_network(
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or written
 
 
-def test_o200k_base_is_not_cached_in_shared_data_either() -> None:
+def test_o200k_base_is_not_in_the_shipped_cache_either() -> None:
     with pytest.raises(TokenizerError) as err:
         build_tokenizer("o200k_base")
     assert "TIKTOKEN_CACHE_DIR" in one_line(err)
