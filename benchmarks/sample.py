@@ -10,17 +10,12 @@ Prints, measured in one run so the ratios hold on a noisy machine:
   3. when `transformers` is installed, `GPT2LMHeadModel.generate` (its own KV cache) with the same
      dims and weights, greedy, inside one block (GPT-2 cannot go past its positions), best of 3
      interleaved runs; the two greedy texts must agree, which checks the weight mapping;
-  4. for each projection shape, how fast a one-row product streams its weight row- and column-major
-     (what `linear.decode_layout` chooses from);
-  5. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
+  4. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
      texts agree and how far the logits drift.
-Random weights: speed does not depend on them. The model's weights lie in memory as `gptkit sample`
-lays them out on a CPU (linear.decode_layout: the wide ones column-major where decode steps split
-across threads, as trained where MKL threads them itself, on Intel), for every path;
---layout trained keeps nn.Linear's row-major layout, to measure what that layout gains.
+Random weights: speed does not depend on them.
 
     python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--repeat 3] [--threads N]
-                                [--layout decode|trained] [--dtype bfloat16] [--compile]
+                                [--dtype bfloat16] [--compile]
 """
 
 from __future__ import annotations
@@ -31,19 +26,18 @@ import sys
 # Run as `python benchmarks/X.py`, this folder comes first on sys.path, where benchmarks/tokenize.py
 # would shadow the standard library's tokenize (imported by linecache, inspect, torch): drop it.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]  # last: results.py
 
 import argparse
-import copy
 import time
 
 import torch
 
 from gptkit.config import ModelConfig
 from gptkit.generate import Engine, window_start
-from gptkit.linear import Linear, column_major, decode_layout
 from gptkit.model import GPT
 from gptkit.sampling import SamplingParams
+from gptkit.split_linear import use_fastest
 
 GREEDY = SamplingParams(temperature=0)
 BABY = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0)
@@ -93,12 +87,13 @@ def hf_model(model: GPT):
     return ref
 
 
-def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int], repeat: int = 3) -> None:
+def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int],
+               repeat: int = 3) -> dict[str, tuple[float, float, bool]]:
     """Each engine against one GPT2LMHeadModel with the same weights, built and warmed up once."""
     ref = hf_model(model)
     if ref is None:
         print("transformers is not installed: skipped the GPT2LMHeadModel.generate comparison")
-        return
+        return {}
     n = model.config.block_size - len(prompt)  # GPT-2 has no positions past its block
     ids = torch.tensor([prompt])
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n, min_new_tokens=n,
@@ -116,6 +111,7 @@ def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int], repeat
         tps, _, out, _ = timed_run(engine, prompt, n)
         return tps, out
 
+    ratios = {}
     for name, engine in engines.items():
         runs: dict[str, list[tuple[float, list[int]]]] = {"hf": [], "gptkit": []}
         for _ in range(repeat):  # interleaved, best of `repeat`: this machine's speed drifts between runs
@@ -126,6 +122,8 @@ def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int], repeat
               f"prompt, best of {repeat} interleaved runs:")
         print(f"  gptkit {tps:7.1f} tokens/s | transformers {hf_tps:7.1f} tokens/s | ratio {tps / hf_tps:.2f}x "
               f"| same greedy text: {theirs == mine}")
+        ratios[name] = (tps, hf_tps, theirs == mine)
+    return ratios
 
 
 def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[int], list[torch.Tensor]]) -> None:
@@ -141,34 +139,6 @@ def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[
           f"greedy texts agree for {agree}/{n} tokens; max logit difference before that {drift:.3f}")
 
 
-def compare_layouts(cfg: ModelConfig, copies: int = 24, repeat: int = 9) -> None:
-    """Each projection shape's decode product (one row, torch's threads), row- vs column-major: GB/s
-    of weights streamed, over `copies` weights of the shape in turn so they come from RAM, not cache."""
-    print(f"\nweight layout, one-row products through linear.Linear ({torch.get_num_threads()} threads; "
-          f"{copies} weights of each shape in turn, best of {repeat}):")
-    C = cfg.n_embd
-    for n_in, n_out, name in ((C, 3 * C, "Q/K/V"), (C, C, "attention output"), (C, 4 * C, "FFN expansion"),
-                              (4 * C, C, "FFN projection")):
-        rows = [Linear(n_in, n_out) for _ in range(copies)]
-        cols = copy.deepcopy(rows)
-        for layer in cols:
-            layer.weight.data = column_major(layer.weight.data)  # every shape, not only those decode_layout takes
-        x, size = torch.randn(1, 1, n_in), copies * n_in * n_out * 4
-        rate = {}
-        with torch.inference_mode():
-            for label, layers in (("row-major", rows), ("column-major", cols)):
-                best = float("inf")
-                for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    for layer in layers:
-                        layer(x)
-                    best = min(best, time.perf_counter() - t0)
-                rate[label] = size / best / 1e9
-        chosen = "row-major" if decode_layout(Linear(n_in, n_out)).weight.is_contiguous() else "column-major"
-        print(f"  {n_in}->{n_out} ({name}): row-major {rate['row-major']:5.1f} GB/s | column-major "
-              f"{rate['column-major']:5.1f} GB/s | decode_layout takes {chosen}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=500)
@@ -177,8 +147,9 @@ def main() -> None:
                     help="bfloat16 also runs the bf16 vs fp32 comparison")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per prompt length; the best counts")
-    ap.add_argument("--layout", choices=("decode", "trained"), default="decode",
-                    help="decode: the weight layout `gptkit sample` decodes with on a CPU; trained: nn.Linear's")
+    ap.add_argument("--record", action="store_true", help="append the figures to benchmarks/results.jsonl")
+    ap.add_argument("--cpu-split", choices=("auto", "off"), default="auto",
+                    help="auto: what `gptkit sample` does on a CPU (split_linear.use_fastest); off: nn.Linear")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="CPU threads for every path, transformers' included (default: all cores, which is "
                          "what gptkit sample takes on an idle machine)")
@@ -186,21 +157,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(BABY).eval()
-    if args.layout == "decode":
-        decode_layout(model)
+    plan, saving = use_fastest(model) if args.cpu_split == "auto" else ("off", 0.0)
     n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
     plain = Engine(model, use_cache=False)
     cached = {"cache": Engine(model)}  # `gptkit sample`'s default path; with --compile also its --compile path
     if args.compile:
-        cached["cache, compiled"] = Engine(model, compile=True)
+        cached["cache, compiled"] = Engine(model, compile_step=True)
     print(f"baby dims {BABY.n_layer}x{BABY.n_embd}, block {BABY.block_size}, batch 1, fp32, "
-          f"{torch.get_num_threads()} threads, {args.layout} layout, compile {'on' if args.compile else 'off'}")
+          f"{torch.get_num_threads()} threads, cpu split {plan} (saves {100 * saving:.0f}% of the projections' time), "
+          f"compile {'on' if args.compile else 'off'}")
     for engine in cached.values():
         t0 = time.perf_counter()
         timed_run(engine, list(range(8)), 8)  # warm up (and compile, if asked)
         if engine.compiled:
             print(f"compiled the decode step in {time.perf_counter() - t0:.1f} s")
-    first = None
+    first, figures = None, {}
     prompts = {ctx: [i % BABY.vocab_size for i in range(ctx)] for ctx in contexts}
     # interleaved across engines and prompt lengths alike, best of `repeat`: this machine's speed drifts
     # within minutes, and each round then meets every prompt length, not only the last ones
@@ -218,16 +189,25 @@ def main() -> None:
         for name, engine in cached.items():
             tps_c, times_c, ids_c, logits_c = best[name]
             first = first or (tps_c, ids_c, logits_c)
+            if name == "cache":
+                figures[f"x no cache @{ctx}"] = round(tps_c / tps_p, 2)
+                figures[f"tok/s @{ctx}"] = round(tps_c, 1)
             print(f"  {name:15s} {tps_c:7.1f} tokens/s | {tps_c / tps_p:5.1f}x no cache | same greedy text: "
                   f"{ids_c == ids_p} | every run: {' '.join(f'{r[0]:.0f}' for r in runs[ctx][name])}")
             flat_c = by_context(times_c, ctx, BABY.block_size, engine.keep)
             print(f"    ms/token ({name} vs no cache) by context length:", " | ".join(
                 f"{k}: {flat_c[k]:.2f} vs {flat_p[k]:.1f}"
                 for k in sorted(flat_c, key=lambda k: int(k.split("-")[0]) if k[0].isdigit() else 1e9)))
-    compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
-    compare_layouts(BABY)
+    hf = compare_hf(model, cached, [i % BABY.vocab_size for i in range(16)])
+    if "cache" in hf:
+        figures["x transformers"] = round(hf["cache"][0] / hf["cache"][1], 2)
+        figures["same text as transformers"] = hf["cache"][2]
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
+    if args.record:
+        from results import record
+
+        record("sample.py (baby dims, batch 1, 500 new tokens)", figures, note=f"cpu split {plan}")
 
 
 if __name__ == "__main__":

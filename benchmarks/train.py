@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 # Run as `python benchmarks/X.py`, this folder comes first on sys.path, where benchmarks/tokenize.py
 # would shadow the standard library's tokenize (imported by linecache, inspect, torch): drop it.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]  # last: results.py
 
 import argparse
 import json
@@ -96,6 +97,14 @@ def quality(store: Path) -> None:
     print(f"target: gptkit final val <= 1.70 nats/char -> {'met' if final <= 1.70 else 'NOT met'} ({final:.4f})")
 
 
+def textbook_attention(self, x, rope=None, kv_cache=None, input_pos=None):
+    """CausalSelfAttention.forward through the masked softmax (nanoGPT's path on CPU with dropout)."""
+    from gptkit.model import manual_attention
+
+    q, k, v = self.heads(x, rope)
+    return self.merge(manual_attention(q, k, v)[0])
+
+
 def throughput_child(kind: str, steps: int) -> None:
     """Runs in a fresh process so its peak RSS is its own. Prints one JSON line."""
     import numpy as np
@@ -105,7 +114,7 @@ def throughput_child(kind: str, steps: int) -> None:
     from gptkit.config import resolve_config
     from gptkit.data.dataset import get_batch
     from gptkit.model import GPT
-    from gptkit.optim import make_optimizer
+    from gptkit.optim import adamw_groups, make_optimizer
 
     mc, tc = resolve_config("baby", None, {"vocab_size": None})
     mc.vocab_size = 65
@@ -114,7 +123,8 @@ def throughput_child(kind: str, steps: int) -> None:
     model = GPT(mc)
     if kind == "baseline":
         dtype, micro, accum = torch.float32, 64, 1
-        model.set_manual_attention(True)  # the T×T path nanoGPT falls onto on CPU with dropout > 0
+        for block in model.transformer.h:  # the T×T path nanoGPT falls onto on CPU with dropout > 0
+            block.attn.forward = types.MethodType(textbook_attention, block.attn)
     else:
         # gptkit on CPU: the same 64 sequences per step as 4 micro-batches of 16 (--batch-size 16
         # --grad-accum 4: the same gradient, a quarter of the activation memory), fused SDPA, fused AdamW
@@ -122,7 +132,8 @@ def throughput_child(kind: str, steps: int) -> None:
     assert micro * accum == 64, "the benchmark compares 64 sequences per optimizer step"
     model.train()
     opt = make_optimizer(model, tc, device) if kind == "gptkit" else torch.optim.AdamW(
-        model.optimizer_groups(tc.weight_decay), lr=tc.learning_rate, betas=(tc.beta1, tc.beta2))  # nanoGPT: unfused on CPU
+        adamw_groups(list(model.parameters()), tc.weight_decay), lr=tc.learning_rate,
+        betas=(tc.beta1, tc.beta2))  # nanoGPT: unfused on CPU
     data = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     rng = np.random.default_rng(0)
 

@@ -195,9 +195,8 @@ def load_tensors(info: CheckpointInfo, prefix: str, device: str | torch.device =
 
 def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
     """Rebuild the GPT from a checkpoint's config and `model.*` tensors; checks every name and shape."""
-    from gptkit.config import TrainConfig, validate
+    from gptkit.config import TrainConfig, approx_params, validate
     from gptkit.model import GPT
-    from gptkit.runtime import approx_params
 
     declared = {k[len("model."):]: tuple(v["shape"]) for k, v in info.tensors.items() if k.startswith("model.")}
     stored = sum(math.prod(shape) for shape in declared.values())
@@ -208,8 +207,8 @@ def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
             raise ValueError(f"it describes ~{approx_params(cfg):,} parameters, the file holds {stored:,}")
         if cfg.pos_encoding == "rope" and cfg.block_size * cfg.head_dim > stored:  # the rotary tables' size
             raise ValueError(f"its rotary tables for block_size {cfg.block_size:,} outweigh the file's {stored:,} weights")
-        # built for real, not on the meta device: initialising meta tensors imports torch._dynamo,
-        # 1.2 s of every `sample` and `inspect` start; the check above keeps the size to the file's
+        # built for real, not on the meta device, whose initialisation imports torch._dynamo (slow at
+        # every `sample` and `inspect` start); the check above keeps the size to the file's
         model = GPT(cfg)
     except (GptkitError, TypeError, ValueError, ArithmeticError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"{str(info.path)!r} has an unusable model_config ({e})") from None

@@ -43,6 +43,20 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """The FFN's hidden width: GPT-2's 4C; SwiGLU's three matrices take ~8/3 C (a multiple of 8),
+    the same parameters as two 4C ones."""
+    return 8 * ((8 * cfg.n_embd // 3 + 7) // 8) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+
+
+def approx_params(cfg: ModelConfig) -> int:
+    """Parameters of a GPT with this config, from the shapes alone (biases and norms ignored)."""
+    C = cfg.n_embd
+    matrices = 3 if cfg.mlp == "swiglu" else 2
+    per_layer = 4 * C * C + matrices * C * mlp_hidden(cfg)  # attention + MLP matrices
+    return cfg.n_layer * per_layer + cfg.vocab_size * C + (cfg.block_size * C if cfg.pos_encoding == "learned" else 0)
+
+
 @dataclass
 class TrainConfig:
     """How to train: data, tokenizer, optimisation, schedule, evaluation and stopping."""
@@ -312,6 +326,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "SampleConfig", "PRESETS", "DEFAULT_PRESET",
+    "ModelConfig", "TrainConfig", "SampleConfig", "PRESETS", "DEFAULT_PRESET", "mlp_hidden", "approx_params",
     "parse_duration", "load_toml", "resolve_config", "validate", "check_seed", "to_dict", "from_dict",
 ]

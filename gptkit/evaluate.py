@@ -15,6 +15,8 @@ from gptkit import runtime
 from gptkit.config import ModelConfig, TrainConfig
 from gptkit.data.dataset import TokenDataset, get_batch
 
+EVAL_SEED_OFFSET = 7919  # evaluation batches draw from their own stream, never the training batches
+
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, ds: TokenDataset, mc: ModelConfig, tc: TrainConfig,
@@ -25,7 +27,7 @@ def estimate_loss(model: torch.nn.Module, ds: TokenDataset, mc: ModelConfig, tc:
     shard = (dist_info.rank, dist_info.world_size)
     out = {}
     for split, arr in (("train", ds.train), ("val", ds.val)):
-        rng = np.random.default_rng(tc.seed + 7919)
+        rng = np.random.default_rng(tc.seed + EVAL_SEED_OFFSET)
         total = torch.zeros((), device=device)
         for _ in range(tc.eval_iters):
             x, y = get_batch(arr, tc.batch_size, mc.block_size, rng, shard)

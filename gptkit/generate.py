@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gptkit.linear import trace_split
 from gptkit.model import GPT, KVCache
 from gptkit.sampling import SamplingParams, sample_next_token
 
@@ -49,40 +48,34 @@ def window_start(start: int, length: int, block_size: int, keep: int) -> int:
     return start if length - start <= block_size else length - keep
 
 
-@torch.inference_mode()
-def forward_last(model: GPT, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-    """Full forward of (B, T) ids (filling `cache` from empty when given); last logits (B, V)."""
-    if cache is not None:
-        cache.reset()
-    logits, _ = model(ids, kv_cache=cache, last_only=True)
-    return logits[:, -1, :]
+def decode_one_token(model: GPT, idx: torch.Tensor, cache: KVCache, input_pos: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids at input_pos (T,) through the model with the cache -> the last position's logits (B, V).
+
+    GPT.forward's arithmetic; a prefill (T > 1) and a decode step (T = 1) alike. The blocks' parts
+    are called through `.forward`: nn.Module.__call__ costs microseconds, four times a block a token.
+    """
+    x, rope = model.embed(idx, input_pos)
+    for block in model.transformer.h:
+        x = x + block.attn.forward(block.ln_1.forward(x), rope, cache, input_pos)
+        x = x + block.mlp.forward(block.ln_2.forward(x))
+    return model.lm_head(model.transformer.ln_f(x[:, -1]))
 
 
-def compile_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
-    """`model.decode_step` compiled, for steps inside `KVCache.static_step()` (fixed shapes, the
-    position in a tensor): CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
-    trace_split()
-    if next(model.parameters()).device.type == "cuda":
-        return torch.compile(model.decode_step, mode="reduce-overhead", fullgraph=True)
-    return torch.compile(model.decode_step, fullgraph=True)
-
-
-def _mark_static(cache: KVCache) -> None:
-    """CUDA graphs may only write to tensors whose address never changes: say so for the cache."""
-    if cache.mask.device.type == "cuda":
-        for t in (*cache.k, *cache.v, cache.mask, cache.step_pos):
-            torch._dynamo.mark_static_address(t)
+def compile_decode(model: GPT) -> Callable[[GPT, torch.Tensor, KVCache, torch.Tensor], torch.Tensor]:
+    """`decode_one_token` compiled for one fixed shape (a step: (B, 1) ids at a (1,) position tensor):
+    CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
+    mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else None
+    return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
 
 
 class Engine:
     """Generates for `num_samples` rows at once from one model; reusable across prompts.
 
-    use_cache=False recomputes the whole window at every step (the reference path); compile=True
-    runs each decode step through `compile_decode` (compiled once, on first use). On a CPU,
-    `linear.decode_layout(model)` beforehand makes each step faster, as `gptkit sample` does.
+    use_cache=False recomputes the whole window at every step (the reference path); compile_step=True
+    runs each decode step through `compile_decode` (compiled once, on first use).
     """
 
-    def __init__(self, model: GPT, num_samples: int = 1, use_cache: bool = True, compile: bool = False,
+    def __init__(self, model: GPT, num_samples: int = 1, use_cache: bool = True, compile_step: bool = False,
                  keep: int | None = None) -> None:
         self.model = model
         self.num_samples = num_samples
@@ -91,33 +84,33 @@ class Engine:
         self.block_size = model.config.block_size
         self.keep = max(1, min(self.block_size, keep or self.block_size // 2))
         self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
-        # both run model.decode_step; compiled, inside cache.static_step() (fixed shapes)
-        self.compiled_decode = None
-        if compile and self.cache is not None:
-            _mark_static(self.cache)
-            self.compiled_decode = compile_decode(model)
+        self.step_pos = torch.zeros(1, dtype=torch.long, device=p.device)  # a step's position, filled in place
+        self.decode = compile_decode(model) if compile_step and use_cache else decode_one_token
+        if self.compiled and p.device.type == "cuda":  # CUDA graphs replay fixed addresses: say these stay put
+            for t in (*self.cache.k, *self.cache.v, self.cache.slots, self.step_pos):
+                torch._dynamo.mark_static_address(t)
 
     @property
     def compiled(self) -> bool:
-        return self.compiled_decode is not None
+        return self.decode is not decode_one_token
 
-    @torch.inference_mode()
-    def _decode_step(self, ids: torch.Tensor) -> torch.Tensor:
-        assert self.cache is not None
-        if self.compiled_decode is None:  # eager: attend over the filled slots only, no mask (~10% faster on CPU)
-            return self.model.decode_step(ids, self.cache)
-        with self.cache.static_step():
-            logits = self.compiled_decode(ids, self.cache)
-        return logits.clone()  # CUDA graphs reuse their output buffer
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """(1 or B, T) ids from position 0 -> last logits (B or 1, V); fills the cache (every row)."""
+        if self.cache is None:  # the reference: a full forward, no cache at all
+            return self.model(ids)[0][:, -1]
+        return decode_one_token(self.model, ids, self.cache, torch.arange(ids.size(1), device=self.device))
 
-    def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int,
-                     last: torch.Tensor) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
+        """One new token per row, ids (B,) at position `pos` of the window -> logits (B, V)."""
+        self.step_pos.fill_(pos)
+        logits = self.decode(self.model, ids[:, None], self.cache, self.step_pos)
+        return logits.clone() if self.compiled else logits  # CUDA graphs reuse their output buffer
+
+    def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int) -> torch.Tensor:
         """Logits for position n, given the sequences hist[:, :n] (B, n) and the window's start."""
-        if self.cache is None:
-            return forward_last(self.model, hist[:, new_start:n])  # the reference: no cache at all
-        if new_start != start:  # the window moved: prefill its tokens again (positions restart at 0)
-            return forward_last(self.model, hist[:, new_start:n], self.cache)
-        return self._decode_step(last)
+        if self.cache is None or new_start != start:  # no cache, or the window moved: positions restart at 0
+            return self.prefill(hist[:, new_start:n])
+        return self.step(hist[:, n - 1], n - 1 - start)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams | None = None,
@@ -145,7 +138,7 @@ class Engine:
             seen[:, prompt] = True
         start = max(0, P - self.block_size)
         # the prompt is the same in every row: run it once (batch 1), share its logits and cache
-        logits = forward_last(self.model, prompt[None, start:], self.cache).expand(B, V)
+        logits = self.prefill(prompt[None, start:]).expand(B, V)
         n = P
         for i in range(max_new_tokens):
             ids, logprobs = sample_next_token(logits, params, seen, generators)
@@ -156,7 +149,7 @@ class Engine:
             yield Step(ids, logprobs, logits)
             if i + 1 < max_new_tokens:
                 new_start = window_start(start, n, self.block_size, self.keep)
-                logits = self._next_logits(hist, start, new_start, n, ids)
+                logits = self._next_logits(hist, start, new_start, n)
                 start = new_start
 
 

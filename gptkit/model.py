@@ -1,103 +1,69 @@
-"""The decoder-only transformer: GPT, Block, CausalSelfAttention, MLP, and the KVCache.
+"""The decoder-only transformer: GPT, Block, CausalSelfAttention, MLP, the KVCache and two helpers.
 
-Owns the network and its initialisation, nothing else: no tokenizer (the model sees ids), no
-device choice, no training loop. Names follow GPT-2 (`wte`, `wpe`, `ln_1`, `attn.c_attn`, `ln_2`,
-`mlp.c_fc`, `ln_f`, `lm_head`) so weights map one-to-one onto GPT-2 checkpoints.
+Owns the network and its initialisation, nothing else: no tokenizer (the model sees ids), no device
+choice, no training loop, no generation loop (`generate.py`). Names follow GPT-2 (`wte`, `wpe`,
+`ln_1`, `attn.c_attn`, `ln_2`, `mlp.c_fc`, `ln_f`, `lm_head`), so weights map one-to-one onto
+GPT-2 checkpoints.
 
-Differences from GPT-2 are switches in `ModelConfig`, all off by default: rotary positions
-(`pos_encoding="rope"`), RMSNorm (`norm="rmsnorm"`) and a SwiGLU feed-forward (`mlp="swiglu"`).
-Dropout is applied to the embeddings and the residual branches but never to the attention
-probabilities, so PyTorch's fused (flash) SDPA kernel stays usable on CPU and GPU alike.
-The projections are `linear.Linear`: `nn.Linear` plus a path that spreads a decode step's
-matrix-vector products over the CPU's threads.
+Differences from GPT-2 are switches in `ModelConfig`: rotary positions (`pos_encoding="rope"`),
+RMSNorm (`norm="rmsnorm"`) and a SwiGLU feed-forward (`mlp="swiglu"`). Dropout is applied to the
+embeddings and the residual branches but never to the attention probabilities, so PyTorch's fused
+(flash) SDPA kernel stays usable on CPU and GPU alike.
 
-Each module has `forward` (any length: training, prefill, the no-cache reference) and
-`decode_step`: the same arithmetic for one new token per row, attending over the KV cache, which
-is what generation runs once per token (see `GPT.decode_step`).
+Attention takes one of two SDPA paths: causal over the input alone (training, the no-cache
+reference), or over a KVCache through a mask. `manual_attention` is the textbook masked softmax,
+for teaching and for `introspect`, which runs the blocks itself to show the weights.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptkit.config import ModelConfig
-from gptkit.linear import Linear
+from gptkit.config import ModelConfig, mlp_hidden
 
 
 class KVCache:
-    """Pre-allocated keys and values: one (B, n_head, max_len, head_dim) tensor per layer.
+    """Keys and values of every layer, pre-allocated: one (B, n_head, max_len, head_dim) tensor each.
 
-    `pos` counts the positions already filled. In a forward (a prefill) or an eager decode step
-    (`GPT.decode_step`) each layer writes its new keys/values at [pos, pos+T) and attends over
-    [0, pos+T); the model then calls `advance(T)`. A batch-1 write fills every row of a B-row
-    cache, so one prefill of a shared prompt serves all samples.
-
-    A compiled decode step needs shapes and addresses that never change (CUDA graphs replay fixed
-    pointers): inside `static_step()` the position lives in the tensor `step_pos` (1,), each layer
-    writes with `index_copy_` there and attends over the whole buffer through the additive `mask`
-    (1, max_len): 0 at the filled positions, -inf at the others.
+    A forward with the cache writes its T new keys and values at `input_pos` (consecutive positions)
+    and attends through a mask that lets the query at position p see keys 0..p. Compiled, or on a
+    GPU, it attends over the whole buffer, so the shapes never change and a decode step compiles
+    into one graph (CUDA graphs replay fixed addresses); eager on a CPU, where reading the position
+    costs nothing, only over the slots filled so far. Slots past the newest position hold stale keys
+    that the mask or the slice hides, so starting again at 0 needs no reset.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.max_len = max_len or cfg.block_size
         shape = (batch_size, cfg.n_head, self.max_len, cfg.head_dim)
-        # a tensor per layer: a compiled step writes each in place, where writing one slot of an
-        # (n_layer, ...) tensor compiled into a copy of whole layers at every step (2x slower on CPU)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.mask = torch.full((1, self.max_len), float("-inf"), device=device, dtype=dtype)
-        self.step_pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.static = False
-        self.pos = 0
+        self.slots = torch.arange(self.max_len, device=device)
 
-    def update(self, layer: int, k: torch.Tensor,
-               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Store k, v (B or 1, nh, T, hs) of `layer`; return (keys, values, mask) to attend over."""
-        if self.static:  # T == 1; (B, nh, max_len, hs) buffers and the (1, max_len) mask
-            self.k[layer].index_copy_(2, self.step_pos, k)
-            self.v[layer].index_copy_(2, self.step_pos, v)
-            return self.k[layer], self.v[layer], self.mask
-        B, end = k.size(0), self.pos + k.size(2)
-        assert end <= self.max_len, "KV cache overflow: the caller must slide the window"
-        keys, values = self.k[layer], self.v[layer]  # (B_max, nh, max_len, hs)
-        # narrow: one view op where keys[:, :, a:b] is three (this runs twice per layer and token)
-        keys.narrow(2, self.pos, end - self.pos).copy_(k)  # broadcasts a batch-1 prefill over every row
-        values.narrow(2, self.pos, end - self.pos).copy_(v)
-        if B < keys.size(0):
-            keys, values = keys[:B], values[:B]
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end), None
-
-    def advance(self, n: int) -> None:
-        self.mask[:, self.pos:self.pos + n] = 0.0
-        self.pos += n
-
-    def reset(self) -> None:
-        self.mask.fill_(float("-inf"))
-        self.pos = 0
-
-    @contextmanager
-    def static_step(self) -> Iterator[None]:
-        """One decode step at `pos` with fixed shapes (see the class docstring); advances by one."""
-        assert self.pos < self.max_len, "KV cache overflow: the caller must slide the window"
-        self.step_pos.fill_(self.pos)
-        self.mask[:, self.pos] = 0.0
-        self.static = True
-        try:
-            yield
-        finally:
-            self.static = False
-        self.pos += 1
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store k, v (B or 1, nh, T, hs) at input_pos (T,); return (keys, values, mask) to attend over.
+        A batch-1 write (a shared prompt's prefill) fills every row."""
+        B, T = k.shape[0], k.shape[2]
+        keys, values = self.k[layer], self.v[layer]
+        if input_pos.device.type == "cpu" and not torch.compiler.is_compiling():
+            n = int(input_pos[-1]) + 1  # the slots filled so far
+            keys.narrow(2, n - T, T).copy_(k)
+            values.narrow(2, n - T, T).copy_(v)
+            mask = None if T == 1 else self.slots[:n] <= input_pos[:, None]  # one new query sees them all
+            return keys[:B, :, :n], values[:B, :, :n], mask
+        keys[:, :, input_pos] = k
+        values[:, :, input_pos] = v
+        return keys[:B], values[:B], self.slots <= input_pos[:, None]  # (T, max_len): True where it may look
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of the rotary angles, each (length, head_dim/2)."""
+    """cos/sin of the rotary angles, each (length, head_dim/2): position t turns pair i by t·base^(-2i/hs)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
@@ -128,6 +94,9 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: 
     return weights @ v, weights  # (B, nh, T, hs), (B, nh, T, S)
 
 
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) at the input's positions, each (T, hs/2)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused Q/K/V projections."""
 
@@ -135,57 +104,32 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.rope = cfg.pos_encoding == "rope"
-        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V projections
-        self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # output projection
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V projections
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # output projection
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.use_manual = False  # True: masked-softmax path (slower; for teaching and checks)
-        self.last_weights: torch.Tensor | None = None  # set when called with keep_weights=True
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                kv_cache: KVCache | None = None, keep_weights: bool = False) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, C) to queries, keys and values split into heads, each (B, nh, T, hs)."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # split the width into heads: (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.rope:
-            assert rope is not None
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if rope is not None:  # rotary positions turn queries and keys, never values
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        offset, mask = 0, None
-        if kv_cache is not None:
-            offset = 0 if kv_cache.static else kv_cache.pos  # static: the position is a tensor
-            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, offset+T or max_len, hs)
-        if mask is not None:  # static decode step: one query over the whole buffer, filled slots only
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif self.use_manual or keep_weights:
-            y, w = manual_attention(q, k, v, offset=offset)
-            self.last_weights = w.detach() if keep_weights else None
-        elif offset == 0:
+        return q, k, v
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Heads (B, nh, T, hs) side by side again, through the output projection: (B, T, C)."""
+        B, _, T, _ = y.size()
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_embd)))
+
+    def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None,
+                input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.heads(x, rope)
+        if kv_cache is None:  # the input alone: each position sees itself and the ones before it
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new token attends to everything before it: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk appended to a filled cache: causal mask shifted by the offset
-            allowed = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=offset)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        y = self.c_proj(y)
-        return self.resid_dropout(y) if self.training else y  # dropout only while training
-
-    def decode_step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                    kv_cache: KVCache) -> torch.Tensor:
-        """`forward` for one new position per row, x (B, C) -> (B, C), attending over the cache.
-
-        With one position the heads need no transposes: (B, 3C) is already (B, 3, nh, 1, hs).
-        """
-        B, C = x.size()
-        q, k, v = self.c_attn.forward(x).view(B, 3, self.n_head, 1, C // self.n_head).unbind(1)
-        if self.rope:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, pos+1 or max_len, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, 1, hs)
-        return self.c_proj.forward(y.view(B, C))
+        else:  # the cache's keys, written up to input_pos, through its mask
+            k, v, mask = kv_cache.update(self.layer_idx, k, v, input_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.merge(y)
 
 
 class MLP(nn.Module):
@@ -193,12 +137,10 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.swiglu = cfg.mlp == "swiglu"
-        # SwiGLU has three matrices, so ~8/3 width keeps the parameter count of GPT-2's 4x MLP
-        hidden = 4 * cfg.n_embd if not self.swiglu else 8 * ((8 * cfg.n_embd // 3 + 7) // 8)
-        self.c_fc = Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.c_gate = Linear(cfg.n_embd, hidden, bias=cfg.bias) if self.swiglu else None
-        self.c_proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        hidden = mlp_hidden(cfg)  # 4C for GELU; ~8/3 C for SwiGLU's three matrices (the same parameters)
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,14 +148,7 @@ class MLP(nn.Module):
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
             h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's GELU
-        h = self.c_proj(h)
-        return self.dropout(h) if self.training else h
-
-    def decode_step(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` at inference, as plain method calls (see `GPT.decode_step`)."""
-        if self.c_gate is not None:
-            return self.c_proj.forward(F.silu(self.c_gate.forward(x)) * self.c_fc.forward(x))
-        return self.c_proj.forward(F.gelu(self.c_fc.forward(x), approximate="tanh"))
+        return self.dropout(self.c_proj(h))
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -232,15 +167,11 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope=None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope=rope, kv_cache=kv_cache)  # residual connection
+    def forward(self, x: torch.Tensor, rope: Rope = None, kv_cache: KVCache | None = None,
+                input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, input_pos)  # residual connection
         x = x + self.mlp(self.ln_2(x))  # residual connection
         return x
-
-    def decode_step(self, x: torch.Tensor, rope, kv_cache: KVCache) -> torch.Tensor:
-        """`forward` for one new position per row, x (B, C)."""
-        x = x + self.attn.decode_step(self.ln_1.forward(x), rope, kv_cache)
-        return x + self.mlp.decode_step(self.ln_2.forward(x))
 
 
 class GPT(nn.Module):
@@ -257,7 +188,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),
         ))
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         if cfg.pos_encoding == "rope":
             cos, sin = rope_tables(cfg.head_dim, cfg.block_size)
@@ -285,76 +216,28 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Token embedding plus (learned) positional embedding: (B, T) ids -> (B, T, n_embd)."""
+    def embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, Rope]:
+        """(B, T) ids at positions input_pos (T,) [default 0..T-1] -> the residual stream's start
+        (B, T, C): token (+ learned position) embeddings; and the rotary angles at those positions."""
+        pos = torch.arange(idx.size(1), device=idx.device) if input_pos is None else input_pos
         x = self.transformer.wte(idx)
         if self.transformer.wpe is not None:
-            pos = torch.arange(start, start + idx.size(1), device=idx.device)
             x = x + self.transformer.wpe(pos)
-        return self.transformer.drop(x) if self.training else x
-
-    def rope_for(self, start: int, length: int):
-        if self.config.pos_encoding != "rope":
-            return None
-        return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, last_only: bool = False):
-        """idx: (B, T) token ids. Returns (logits (B, T or 1, vocab), loss or None)."""
-        B, T = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size"
-        x = self.embed(idx, start)
-        rope = self.rope_for(start, T)
-        for block in self.transformer.h:
-            x = block(x, rope=rope, kv_cache=kv_cache)
-        x = self.transformer.ln_f(x)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
-        if last_only:
-            x = x[:, [-1], :]  # generation needs only the last position's prediction
-        return self.lm_head(x), None
-
-    def decode_step(self, idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
-        """`forward` for one new token per row: idx (B,) at position kv_cache.pos -> logits (B, V).
-
-        What generation runs once per token, eager and compiled alike: the arithmetic of `forward`
-        with the cache, written for a single position. At batch 1 a step is 24 matrix-vector
-        products (6 layers of `baby`) and ~200 small operators, so on a CPU the Python around them
-        counts: here the heads need no transposes, and every module is called as a plain method
-        (`.forward`, `decode_step`), since nn.Module's `__call__` costs a few µs, ~60 times a step.
-        Eager steps attend over the filled slots; inside `kv_cache.static_step()` (a compiled
-        step: fixed shapes) the position is the tensor `step_pos` and attention goes through the mask.
-        """
-        t = self.transformer
-        if kv_cache.static:
-            pos = kv_cache.step_pos  # (1,)
-        else:
-            assert kv_cache.pos < self.config.block_size, "the caller must slide the window"
-            pos = slice(kv_cache.pos, kv_cache.pos + 1)
-        # either way, indexing by `pos` keeps a (1, ...) axis that broadcasts over the rows
-        x = t.wte.forward(idx)  # (B, C)
-        if t.wpe is not None:
-            x = x + t.wpe.weight[pos]  # learned position
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_encoding == "rope" else None
-        for block in t.h:
-            x = block.decode_step(x, rope, kv_cache)
-        if not kv_cache.static:  # a static step advances when it ends
-            kv_cache.advance(1)
-        return self.lm_head.forward(t.ln_f.forward(x))
+        return self.transformer.drop(x), rope
 
-    def set_manual_attention(self, on: bool = True) -> None:
-        """Route every layer through the plain masked-softmax path (for teaching and checks)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids; with kv_cache, at positions input_pos (T,) of it [default 0..T-1].
+        Returns (logits (B, T, vocab), cross-entropy loss against targets (B, T), or None)."""
+        assert idx.size(1) <= self.config.block_size, f"sequence of {idx.size(1)} exceeds block_size"
+        x, rope = self.embed(idx, input_pos)
+        if kv_cache is not None and input_pos is None:
+            input_pos = torch.arange(idx.size(1), device=idx.device)
         for block in self.transformer.h:
-            block.attn.use_manual = on
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay matrices and embeddings, not biases or norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            x = block(x, rope, kv_cache, input_pos)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gptkit.config import approx_params
 from gptkit.errors import UsageError
-from gptkit.linear import trace_split
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -39,12 +39,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has AMX tiles, whose bf16 matmuls are a real speed-up over fp32.
-
-    Not AVX-512 BF16 alone (what oneDNN's own "bf16 supported" check, used here before, accepts):
-    on a 2-core Intel Xeon VM with AVX-512 BF16 but no AMX, bf16 autocast made a `baby` training
-    step 1.66x slower than fp32 (2.24 vs 1.35 s for 16x256 tokens) and bf16 weights a decode step
-    1.54x slower (2.28 vs 1.48 ms)."""
+    """True when this CPU has AMX tiles, whose bf16 matmuls are a real speed-up over fp32 (AVX-512
+    BF16 alone, which oneDNN's own check accepts, was slower than fp32 end to end: benchmarks/RESULTS.md)."""
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
@@ -63,7 +59,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16  # AMX: bf16 matmuls run several times faster than fp32
-    return torch.float32  # bf16 was ~9x slower than fp32 on AVX2 only, 1.5-1.7x slower with AVX-512 BF16
+    return torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -81,12 +77,11 @@ def enable_fast_math(device: torch.device) -> None:
 
 
 def want_compile(setting: bool | None, device: torch.device) -> bool:
-    """None (auto) compiles on CUDA only: on a small CPU the gain is small and compiling costs ~20 s."""
+    """None (auto) compiles on CUDA only: on a small CPU the gain is small and compiling takes long."""
     return device.type == "cuda" if setting is None else setting
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    trace_split()
     return torch.compile(model)  # inductor; works on CPU (needs a C compiler) and CUDA
 
 
@@ -258,14 +253,6 @@ def check_memory(need: int, what: str, fix: str, device: torch.device) -> None:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.0f} MiB"
-
-
-def approx_params(cfg) -> int:
-    """Parameters of a GPT with this ModelConfig, from the shapes alone (biases and norms ignored)."""
-    C = cfg.n_embd
-    hidden = 8 * ((8 * C // 3 + 7) // 8) if cfg.mlp == "swiglu" else 4 * C
-    per_layer = 4 * C * C + (3 if cfg.mlp == "swiglu" else 2) * C * hidden  # attention + MLP matrices
-    return cfg.n_layer * per_layer + cfg.vocab_size * C + (cfg.block_size * C if cfg.pos_encoding == "learned" else 0)
 
 
 def check_training_memory(cfg, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:

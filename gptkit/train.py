@@ -40,6 +40,7 @@ from gptkit.tokenizers.stored import tokenizer_from_dict
 
 Event = dict[str, Any]
 # flags that must match a resumed checkpoint (--vocab-size is the bpe target: _check_tokenizer checks it)
+STEP_TIME_DECAY = 0.9  # the step-time average follows the last ~10 steps: a budget's reserve tracks a slowing machine
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "norm", "mlp")
 
 
@@ -365,7 +366,7 @@ class Loop:
         st.last_train_loss = runtime.all_reduce_mean(loss_value, self.dist, self.device)
         dt = time.time() - ts
         if self.warm:
-            self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+            self.step_time = dt if self.step_time is None else STEP_TIME_DECAY * self.step_time + (1 - STEP_TIME_DECAY) * dt
         self.warm = True
         tps = self.tokens_per_step / max(dt, 1e-9)
         self.emit({"event": "step", "step": st.step, "loss": st.last_train_loss, "lr": lr, "grad_norm": grad_norm,

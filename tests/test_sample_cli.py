@@ -36,10 +36,8 @@ def sample(run, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_greedy_text_is_the_reference_paths(trained_run, tmp_path):
-    """On a CPU the CLI decodes with the KV cache on the path this machine takes (linear.SPLIT and
-    decode_layout: the wide projections split by input rows on 2 threads, or plain F.linear where MKL
-    threads the products itself): its greedy text, past block_size (64), is the no-cache reference's
-    and that of the model as trained, token for token."""
+    """The CLI decodes with the KV cache on 2 threads: its greedy text, past block_size (64), is the
+    no-cache reference's and that of the library's own no-cache generation, token for token."""
     from gptkit import checkpoint
     from gptkit.generate import generate
 

@@ -7,7 +7,6 @@ object per sample (--json). Stats go to stderr. Generation itself is `gptkit.com
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -15,12 +14,10 @@ from typing import Any, Optional
 
 import typer
 
-from gptkit import cpuload
 from gptkit.cli.app import app, handle_errors
+from gptkit.cli.views.sample_view import Printer, stats_line
 from gptkit.config import check_seed
 from gptkit.errors import InputError, TokenizerError, UsageError
-
-SEPARATOR = "---------------"  # between the samples of one prompt in plain text output (as nanoGPT)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float, min_p: float,
@@ -90,80 +87,6 @@ def encode_prompt(tokenizer: Any, text: str, where: str) -> list[int]:
         return [0]
 
 
-class Printer:
-    """Writes results to stdout: streamed text, --lines (one escaped line each), or --json lines."""
-
-    def __init__(self, mode: str, echo: bool, out: Any = None) -> None:
-        self.mode, self.echo = mode, echo  # mode: text | lines | json
-        self.out = out or sys.stdout.buffer
-        self.ends_newline = True
-
-    def write(self, text: str) -> None:
-        if text:
-            self.out.write(text.encode("utf-8"))
-            self.out.flush()
-            self.ends_newline = text.endswith("\n")
-
-    def _shown(self, text: str) -> str:
-        # --lines keeps every result on one line: backslash and newline are escaped as \\ and \n
-        return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") if self.mode == "lines" else text
-
-    def begin(self, prompt: str) -> None:
-        if self.mode != "json" and self.echo:
-            self.write(self._shown(prompt))
-
-    def on_text(self, row: int, text: str) -> None:
-        if row == 0 and self.mode != "json":  # the first sample streams; the others print when all are done
-            self.write(self._shown(text))
-
-    def end(self, result: Any, prompt_index: int) -> None:
-        if self.mode == "json":
-            for s in result.samples:
-                self.write(json.dumps(sample_record(result, s, prompt_index), ensure_ascii=False) + "\n")
-            return
-        lines = self.mode == "lines"  # escaped results hold no newline: end each one with exactly one
-        self._end_line(always=lines)
-        for s in result.samples[1:]:
-            if not lines:
-                self.write(SEPARATOR + "\n")
-            self.write(self._shown((result.prompt if self.echo else "") + s.text))
-            self._end_line(always=lines)
-
-    def _end_line(self, always: bool) -> None:
-        if always or not self.ends_newline:
-            self.write("\n")
-
-
-def sample_record(result: Any, s: Any, prompt_index: int) -> dict[str, Any]:
-    """One JSON line: a sample with its prompt, ids, log-probabilities, finish reason and timing."""
-    return {
-        "prompt_index": prompt_index, "sample": s.index, "prompt": result.prompt, "text": s.text,
-        "finish_reason": s.finish_reason, "token_ids": s.token_ids,
-        "logprobs": [round(x, 5) for x in s.logprobs], "prompt_tokens": result.prompt_tokens,
-        "seed": s.seed,
-        "timing": {"seconds": round(result.seconds, 4),
-                   "first_token_seconds": None if result.first_token_seconds is None
-                   else round(result.first_token_seconds, 4),
-                   "tokens_per_second": round(result.tokens_per_second, 1)},
-    }
-
-
-def stats_line(result: Any) -> str:
-    n = len(result.samples)
-    made = f"{result.generated_tokens} tokens" + (f" ({n} samples)" if n > 1 else "")
-    ttft = "-" if result.first_token_seconds is None else f"{result.first_token_seconds * 1000:.0f} ms"
-    return (f"stats: prompt {result.prompt_tokens} tokens | generated {made} | "
-            f"{result.tokens_per_second:.1f} tokens/s | first token {ttft} | {result.seconds:.2f} s")
-
-
-def decode_threads(at_start: cpuload.CpuSample, most: int) -> int:
-    """--threads' default: the CPUs that other processes left free while we started (torch's own
-    default at most). Two threads decode 10-75% faster than one on an idle 2-core machine but ~3x
-    slower when another process keeps a core busy; one thread where the load cannot be read."""
-    free = cpuload.free_cpus(at_start, cpuload.sample())
-    return 1 if free is None else max(1, min(free, most))
-
-
 @app.command("sample")
 def sample_command(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue [default: stdin if piped]"),
@@ -190,7 +113,9 @@ def sample_command(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                            help="torch.compile the decode step [default: on for CUDA only]"),
     threads: Optional[int] = typer.Option(None, "--threads", show_default=False,
-                                          help="CPU threads [default: the CPUs other processes leave free]"),
+                                          help="CPU threads [default: torch's, or OMP_NUM_THREADS]"),
+    cpu_split: str = typer.Option("auto", "--cpu-split", help="auto: on a CPU, time at start whether splitting "
+                                  "each projection across the threads decodes faster, and do so if it does | off"),
     stats: bool = typer.Option(False, "--stats", help="print prompt/generated tokens, tokens/s, time to first token on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="--stats, plus which checkpoint and device"),
 ) -> None:
@@ -202,19 +127,18 @@ def sample_command(
         if compile and no_cache:
             raise UsageError("--compile compiles the KV-cache decode step, which --no-cache does not use; drop one")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
-        # for --threads' default: how busy the machine is while torch and the checkpoint load
-        cpus_at_start = cpuload.sample() if threads is None else None
         if threads is not None and not 1 <= threads <= 1024:
             raise UsageError(f"--threads must be from 1 to 1024, got {threads}")
         check_seed(seed)
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be auto, float32 or bfloat16; got {dtype!r}")
+        if cpu_split not in ("auto", "off"):
+            raise UsageError(f"--cpu-split must be auto or off; got {cpu_split!r}")
         import torch
 
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete
         from gptkit.generate import Engine, row_seed
-        from gptkit.linear import decode_layout
         from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
         from gptkit.sampling import SamplingParams
 
@@ -223,20 +147,25 @@ def sample_command(
         precision = torch.float32 if dtype == "auto" and dev.type == "cpu" else pick_dtype(dtype, dev)
         model, tokenizer, info = ckpt.load_for_inference(checkpoint, checkpoints, dev)
         model.to(precision)
-        if dev.type == "cpu":
-            torch.set_num_threads(threads or decode_threads(cpus_at_start, torch.get_num_threads()))
-            decode_layout(model)  # the weight layout this CPU decodes fastest from
+        if dev.type == "cpu" and threads is not None:
+            torch.set_num_threads(threads)
         text = read_prompt_text(prompt, prompt_file, lines)
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
         check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)
         use_compile = want_compile(compile, dev) and not no_cache
+        plan = "off"
+        if dev.type == "cpu" and cpu_split == "auto" and not (no_cache or use_compile):
+            from gptkit.split_linear import use_fastest
+
+            plan = use_fastest(model)[0]
         if verbose:
             typer.echo(f"checkpoint {info.path} | {model.num_params() / 1e6:.2f}M parameters | {dev} "
                        f"{str(precision).removeprefix('torch.')} | compile {'on' if use_compile else 'off'}"
-                       + (f" | {torch.get_num_threads()} thread(s)" if dev.type == "cpu" else ""), err=True)
-        engine = Engine(model, num_samples, use_cache=not no_cache, compile=use_compile)
+                       + (f" | {torch.get_num_threads()} thread(s), cpu split {plan}" if dev.type == "cpu" else ""),
+                       err=True)
+        engine = Engine(model, num_samples, use_cache=not no_cache, compile_step=use_compile)
         params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)

@@ -104,7 +104,7 @@ def scan(model: GPT, tokens: torch.Tensor, query: torch.Tensor, k: int, progress
     for start in range(0, n, step):
         idx = tokens[start:start + step]  # (b, L)
         sims = torch.stack([F.normalize(m[:, -1].float(), dim=-1) @ q[i]
-                            for i, (_, m, _) in enumerate(run_blocks(model, idx))])  # (n_layer, b)
+                            for i, (_, m, _, _) in enumerate(run_blocks(model, idx, with_weights=False))])  # (n_layer, b)
         where = torch.arange(start, start + idx.size(0)).expand_as(sims)
         all_s, all_i = torch.cat([best_s, sims.cpu()], 1), torch.cat([best_i, where], 1)
         best_s, j = all_s.topk(min(k, all_s.size(1)), dim=1)

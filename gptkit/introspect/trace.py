@@ -4,7 +4,7 @@ Owns the numbers: parameter counts per part read from the safetensors header (no
 training record and loss curve, and for a prompt the blocks run by hand — per layer the attention
 weights, the attention output, the FFN output and the residual stream — from which come the
 next-token table, the logit lens and the direct logit attribution. Results are plain Python
-(lists, floats, strings), so `--json` is a `json.dumps` away. It does not render (`inspect_view.py`)
+(lists, floats, strings), so `--json` is a `json.dumps` away. It does not render (`cli/views`)
 or scan training text for look-alike FFN outputs (`neighbors.py`).
 """
 
@@ -24,7 +24,7 @@ from gptkit.checkpoint import CheckpointInfo
 from gptkit.config import to_dict
 from gptkit.errors import UsageError
 from gptkit.introspect.tokens import label
-from gptkit.model import GPT
+from gptkit.model import GPT, manual_attention
 from gptkit.tokenizers.core import Tokenizer
 from gptkit.tokenizers.stored import tokenizer_from_dict
 
@@ -122,22 +122,29 @@ def piece(tokenizer: Tokenizer, token_id: int) -> dict[str, Any]:
     return {"id": int(token_id), "text": text, "label": label(data)}
 
 
-def run_blocks(model: GPT, idx: torch.Tensor, keep_weights: bool = False
-               ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (attention output, FFN output, residual after the block), each (B, T, C), per block.
+def run_blocks(model: GPT, idx: torch.Tensor, with_weights: bool = True
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Yield (attention output, FFN output, residual after the block, attention weights) per block:
+    the first three (B, T, C), the weights (B, nh, T, T), query rows x key columns (None unless
+    `with_weights`).
 
-    The same arithmetic as `Block.forward`, written out so each branch of the residual stream is
-    visible: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). With keep_weights each block's
-    `attn.last_weights` holds its (B, nh, T, T) attention weights when its tuple is yielded.
+    The arithmetic of `Block.forward`, written out so each branch of the residual stream is visible
+    (x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))); for the weights, attention goes through the
+    textbook `manual_attention`, since the fused SDPA kernel never forms them.
     """
-    x = model.embed(idx, 0)  # (B, T, C)
-    rope = model.rope_for(0, idx.size(1))
+    x, rope = model.embed(idx)  # (B, T, C)
     for block in model.transformer.h:
-        a = block.attn(block.ln_1(x), rope=rope, keep_weights=keep_weights)
+        weights = None
+        if with_weights:
+            q, k, v = block.attn.heads(block.ln_1(x), rope)  # (B, nh, T, hs) each
+            y, weights = manual_attention(q, k, v)
+            a = block.attn.merge(y)
+        else:
+            a = block.attn(block.ln_1(x), rope)
         x = x + a
         m = block.mlp(block.ln_2(x))
         x = x + m
-        yield a, m, x
+        yield a, m, x, weights
 
 
 @dataclass
@@ -162,13 +169,12 @@ def trace(model: GPT, ids: list[int]) -> Trace:
         raise UsageError(f"the prompt is {len(ids)} tokens, longer than this model's block_size "
                          f"{model.config.block_size}; shorten it")
     idx = torch.tensor([ids], device=next(model.parameters()).device)
-    tr = Trace(ids, model.embed(idx, 0)[0], [], [], [], [], torch.empty(0))
-    for block, (a, m, x) in zip(model.transformer.h, run_blocks(model, idx, keep_weights=True), strict=True):
+    tr = Trace(ids, model.embed(idx)[0][0], [], [], [], [], torch.empty(0))
+    for a, m, x, weights in run_blocks(model, idx):
         tr.attn_out.append(a[0])
         tr.mlp_out.append(m[0])
         tr.resid.append(x[0])
-        tr.weights.append(block.attn.last_weights[0])
-        block.attn.last_weights = None
+        tr.weights.append(weights[0])
     tr.logits = read_out(model, tr.resid[-1])
     return tr
 
