@@ -24,13 +24,17 @@ MARKDOWN = HERE / "RESULTS.md"
 
 
 def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (read here, in a benchmark, never by gptkit itself)."""
+    """The CPU's model name as the OS reports it, with its family/model numbers and the vector units
+    that decide kernel speed (a VM often reports only "AMD EPYC"). Read here, in a benchmark, never by
+    gptkit itself."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if u in info.get("flags", "").split()]
+        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+                f"{', ' + ' '.join(units) if units else ''})")
+    except (OSError, ValueError):
         pass
     try:  # macOS
         return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
@@ -84,7 +88,7 @@ def rows() -> list[dict[str, Any]]:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value).replace("|", "\\|")
 
 

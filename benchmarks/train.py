@@ -17,21 +17,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import types
-
-# Run as `python benchmarks/X.py`, this folder comes first on sys.path, where benchmarks/tokenize.py
-# would shadow the standard library's tokenize (imported by linecache, inspect, torch): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]  # last: results.py
-
 import argparse
 import json
+import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,22 +16,16 @@ The three are run --repeat times (default 3), interleaved, and each keeps its fa
 shared VM the same encode varies from 3.0 to 5.6 s between back-to-back runs, and the minimum is
 the least noisy estimate of what the code costs (the same rule for the baseline and for us).
 
-    python benchmarks/tokenize.py [--mb 50] [--tokenizer gpt2] [--repeat 3]
+    python benchmarks/tokenize_speed.py [--mb 50] [--tokenizer gpt2] [--repeat 3]
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python benchmarks/X.py`, this folder comes first on sys.path, where benchmarks/tokenize.py
-# would shadow the standard library's tokenize (imported by linecache, inspect, torch): drop it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]  # last: results.py
-
 import argparse
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
