@@ -18,7 +18,7 @@ from pathlib import Path
 from gptkit.cli.views.inspect_view import colour as viridis
 from gptkit.fsio import atomic_write_bytes
 
-LEVELS = 48  # colours a panel is quantised to: cells of one colour share one <path>, which keeps files small
+LEVELS = 49  # colours a panel is quantised to (odd, so 0 on a signed scale is exactly white); one <path> each
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 BLUE, WHITE, RED = (59, 76, 192), (240, 240, 240), (180, 4, 38)
 
