@@ -107,6 +107,8 @@ def sample_command(
     num_samples: int = typer.Option(1, "--num-samples", help="samples per prompt, decoded together as one batch"),
     stop: Optional[list[str]] = typer.Option(None, "--stop", metavar="TEXT", help="end a sample at this text (not printed); repeatable"),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="print the prompt before the continuation"),
+    allow_invalid_utf8: bool = typer.Option(False, "--allow-invalid-utf8", help="let a byte-level model choose "
+                                            "tokens that break a character (shown as U+FFFD); by default they are masked"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute the full context every token (reference path)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16"),
@@ -137,7 +139,7 @@ def sample_command(
         import torch
 
         from gptkit import checkpoint as ckpt
-        from gptkit.completion import complete
+        from gptkit.completion import complete, utf8_constraint
         from gptkit.generate import Engine, row_seed
         from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
         from gptkit.sampling import SamplingParams
@@ -168,13 +170,14 @@ def sample_command(
         engine = Engine(model, num_samples, use_cache=not no_cache, compile_step=use_compile)
         params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
+        utf8 = None if allow_invalid_utf8 else utf8_constraint(tokenizer, model.config.vocab_size)
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
             printer.begin(p)
             # every sample of the job its own seed (see row_seed): lines are independent, each reproducible alone
             line_seed = None if seed is None else row_seed(seed, i * num_samples)
             result = complete(engine, tokenizer, p, ids, max_new_tokens, params, line_seed, stops,
-                              tokenizer.eot_id, printer.on_text)
+                              tokenizer.eot_id, printer.on_text, utf8)
             printer.end(result, i)
             if stats or verbose:
                 typer.echo(stats_line(result), err=True)
