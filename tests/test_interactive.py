@@ -134,7 +134,7 @@ def test_ctrl_c_stops_a_generation_and_ctrl_d_leaves(terminal):
     t.read_until(" ", 60)  # and some generated text
     t.type("\x03")  # Ctrl-C: SIGINT from the terminal
     assert "(stopped)" in t.read_until(PROMPT, 60)
-    assert t.ask("/set max-new-tokens 5") .startswith("max-new-tokens = 5")  # still alive, still listening
+    assert t.ask("/set max-new-tokens 5").startswith("max-new-tokens = 5")  # still alive, still listening
     t.type("\x04")  # Ctrl-D at an empty line
     assert t.exit_code() == 0
 
@@ -153,5 +153,5 @@ def test_piped_lines_run_the_loop_without_a_terminal(trained_run, tmp_path):
                    "--interactive", "--seed", "5", "-n", "30", cwd=tmp_path, input="/set top-k 10\nJULIET:\n")
     assert proc.returncode == 0, proc.stderr
     expected = one_shot(trained_run, tmp_path, "JULIET:", "--seed", "5", "-n", "30", "--top-k", "10")
-    assert proc.stdout.replace(PROMPT, "").strip("\n") == expected.strip("\n")
+    assert proc.stdout.strip("\n") == expected.strip("\n")  # no prompts printed into a pipe
     assert "top-k = 10" in proc.stderr

@@ -189,6 +189,7 @@ def test_the_table_view(run_copy, capsys):
     (["--eval", "10"], "--neighbors"),
     (["--neighbors", "--eval", "0"], "--eval"),
     (["--neighbors", "--eval", "10000000"], "--eval"),
+    (["--neighbors", "--eval", "5", "--seed", "-1"], "seed"),
 ])
 def test_bad_eval_input_gives_one_line_error(run_copy, capsys, args, needle):
     assert_one_line_error(run_here(capsys, "inspect", "run", "--checkpoints", str(run_copy), *args), needle)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from gptkit.cli.app import app, handle_errors
+from gptkit.config import check_seed
 from gptkit.errors import UsageError
 from gptkit.fsio import cannot_write, check_output_file
 
@@ -89,6 +90,7 @@ def inspect_command(
     (--eval N: over N held-out positions)."""
     with handle_errors():
         check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save, n_eval)
+        check_seed(seed)
         if prompt is not None:
             from gptkit.data.chunks import argument_text
 

@@ -127,12 +127,13 @@ def load_or_build_pool(model: GPT, info: CheckpointInfo, ids: torch.Tensor, dige
 
     path, t0 = cache_path(info), time.perf_counter()
     key = cache_key(info, digest, ids.numel() - 1, model.config.block_size)
+    shape = (model.config.n_layer, ids.numel() - 1, model.config.n_embd)
     try:
         with safe_open(str(path), "pt") as f:
-            if f.metadata() == key:
+            if f.metadata() == key and tuple(f.get_slice("ffn").get_shape()) == shape:
                 vectors = f.get_tensor("ffn")
                 return vectors, {"path": str(path), "built": False, "seconds": time.perf_counter() - t0}
-    except (OSError, ValueError, RuntimeError, Exception):  # noqa: BLE001 - missing, stale or damaged: rebuild
+    except Exception:  # noqa: BLE001 - missing, unreadable or damaged (safetensors' own error type): rebuild
         pass
     vectors = ffn_pool(model, ids, progress)
     status: dict[str, Any] = {"path": str(path), "built": True, "seconds": time.perf_counter() - t0}

@@ -37,8 +37,8 @@ def enable_line_editing() -> None:
 
 def read_line() -> str | None:
     """One line typed at the prompt, or None at end of input (Ctrl-D)."""
-    try:
-        return input(PROMPT)
+    try:  # no prompt when reading a pipe: stdout then holds only the continuations
+        return input(PROMPT if sys.stdin.isatty() else "")
     except EOFError:
         new_line()
         return None
