@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from gptkit.model import GPT, KVCache
-from gptkit.sampling import SamplingParams, sample_next_token
+from gptkit.sampling import SamplingParams, Utf8Constraint, sample_next_token
 
 
 @dataclass
@@ -114,8 +114,11 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams | None = None,
-                 seed: int | None = None) -> Iterator[Step]:
+                 seed: int | None = None, utf8: Utf8Constraint | None = None) -> Iterator[Step]:
         """Yield `max_new_tokens` steps continuing prompt_ids in every row; stop iterating to stop early.
+
+        `utf8`: choose only tokens whose bytes continue valid UTF-8, each row from its own decoder
+        state (the state lives here, not in the cache, so window restarts leave it alone).
 
         Row r samples from its own random stream, seeded `row_seed(seed, r)`: with the same seed a
         row's tokens are those of a one-row run seeded `row_seed(seed, r)` (to the logits' last
@@ -140,8 +143,14 @@ class Engine:
         # the prompt is the same in every row: run it once (batch 1), share its logits and cache
         logits = self.prefill(prompt[None, start:]).expand(B, V)
         n = P
+        if utf8 is not None:
+            utf8 = utf8.to(self.device)
+            states = torch.full((B,), utf8.state_after(prompt_ids), dtype=torch.long, device=self.device)
         for i in range(max_new_tokens):
-            ids, logprobs = sample_next_token(logits, params, seen, generators)
+            blocked = None if utf8 is None else utf8.blocked(states)
+            ids, logprobs = sample_next_token(logits, params, seen, generators, blocked)
+            if utf8 is not None:
+                states = utf8.advance(states, ids)
             hist[:, n] = ids
             n += 1
             if seen is not None:

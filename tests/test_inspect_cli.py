@@ -57,7 +57,7 @@ def test_json_holds_every_number(trained_run, tmp_path):
     proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is the JSON and nothing else
-    assert set(doc) == {"summary", "analysis", "neighbors"} and doc["neighbors"] is None
+    assert set(doc) == {"summary", "analysis", "neighbors", "eval"} and doc["neighbors"] is None is doc["eval"]
     s, a = doc["summary"], doc["analysis"]
     cfg = s["model_config"]
     assert s["params"]["total"] == trained_run["events"][0]["params"]

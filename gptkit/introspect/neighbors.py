@@ -44,10 +44,9 @@ class TrainingText:
     warnings: list[str] = field(default_factory=list)
 
 
-def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
-    """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
-    When the text's sha256 matches the record, only the training split is used (validation was never
-    trained on); when it differs, a warning is returned and the whole file is used as it is."""
+def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[str, str, str, list[str]]:
+    """(text, path, its sha256, warnings): `data` if given, else the file the checkpoint's metadata
+    records; a warning when the text is not the one the checkpoint records (sha256 differs)."""
     record = info.state.get("data") or {}
     if data is None:
         path = record.get("path")
@@ -65,6 +64,15 @@ def training_text(info: CheckpointInfo, data: str | Path | None = None) -> Train
     if recorded and digest != recorded:
         warnings.append(f"{path!r} differs from the text this checkpoint was trained on (sha256 {digest[:12]}, "
                         f"recorded {recorded[:12]}); neighbours come from the file as it is now")
+    return text, path, digest, warnings
+
+
+def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
+    """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
+    When the text's sha256 matches the record, only the training split is used (validation was never
+    trained on); when it differs, a warning is returned and the whole file is used as it is."""
+    text, path, digest, warnings = read_source(info, data)
+    recorded = (info.state.get("data") or {}).get("sha256")
     val_fraction = (info.meta.get("train_config") or {}).get("val_fraction")
     if recorded and digest == recorded and val_fraction:
         return TrainingText(text[:split_point(text, val_fraction)], path, "training split", warnings)
