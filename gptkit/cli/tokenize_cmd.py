@@ -294,6 +294,7 @@ def _build(data, out: Path, spec: str | None, checkpoint: str | None, checkpoint
                                skip_bad=data.skip_bad)
     finally:
         progress.close()
+    progress.report()
     if save_tokenizer is not None:
         from gptkit.tokenizers.stored import save_tokenizer as save
 

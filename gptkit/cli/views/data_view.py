@@ -40,7 +40,7 @@ def skipped_line(skipped: list[dict[str, Any]]) -> str:
 
 
 class BuildProgress:
-    """Callback for the builder's events; `close()` ends the bar and reports skipped files."""
+    """Callback for the builder's events; `close()` ends the bar, `report()` also names skipped files."""
 
     def __init__(self, enabled: bool = True, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -89,6 +89,10 @@ class BuildProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def report(self) -> None:
+        """After a build that succeeded: the line naming what --skip-bad left out (a failed one has its error)."""
+        self.close()
         if self.skipped:
             print(skipped_line(self.skipped), file=self.stream, flush=True)
             self.skipped = []

@@ -82,7 +82,7 @@ class TrainView:
             self.data(e)
             return
         if kind == "start":
-            self.data.close()
+            self.data.report()  # the dataset is ready
         if kind == "eval":
             self.evals.append(e)
         if self.quiet:
