@@ -260,6 +260,9 @@ def test_stdin_and_zstd_from_the_command_line(tmp_path):
             return
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "zs" / "train.bin").read_bytes() == (tmp_path / "ds" / "train.bin").read_bytes()
+    (tmp_path / "cut.txt.zst").write_bytes((tmp_path / "t.txt.zst").read_bytes()[:-100])  # cut short: no quiet end
+    assert_one_line_error(run_cli("tokenize", "cut.txt.zst", "--out", "cs", "-t", "byte", cwd=tmp_path),
+                          "'cut.txt.zst' is not a valid zstd file", "cut short")
 
 
 def test_a_cached_dataset_is_reused_only_while_every_input_is_the_same(tmp_path):

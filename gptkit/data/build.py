@@ -312,7 +312,7 @@ def build_dataset(inputs: Sequence[InputFile], out_dir: Path, tokenizer_name: st
             "inputs": [s.record() for s in good],
             "skipped": skipped,
             "join": "end-of-text" if tokenizer.eot_id is not None else "blank line",
-            "source": {**summary(good), **(source or {})},
+            "source": summary(good, (source or {}).get("refs")) | (source or {}),
             "val_fraction": val_fraction,
             "train_chars": counts["train"][1],
             "val_chars": counts["val"][1],
@@ -326,15 +326,16 @@ def build_dataset(inputs: Sequence[InputFile], out_dir: Path, tokenizer_name: st
     return load_dataset(out_dir, tokenizer)
 
 
-def summary(scanned: Sequence[Scanned]) -> dict[str, Any]:
-    """The inputs in one record (a checkpoint keeps it): one input's own path and sha256, or, for
-    several, the sha256 of their list."""
+def summary(scanned: Sequence[Scanned], refs: Sequence[str] | None = None) -> dict[str, Any]:
+    """The inputs in one record (a checkpoint keeps it): what the user gave (`refs`), and one input's own
+    path and sha256, or, for several, their common folder and the sha256 of their list."""
+    origin = " ".join(refs) if refs else scanned[0].inp.name if len(scanned) == 1 else f"{len(scanned)} files"
     if len(scanned) == 1:
         s = scanned[0]
-        return {"path": s.inp.record_path, "origin": s.inp.name, "sha256": s.sha256, "bytes": s.size, "files": 1}
+        return {"path": s.inp.record_path, "origin": origin, "sha256": s.sha256, "bytes": s.size, "files": 1}
     listing = "".join(f"{s.sha256} {s.size} {s.inp.record_path}\n" for s in scanned)
-    return {"path": os.path.commonpath([s.inp.record_path for s in scanned]) if all(
-                os.path.isabs(s.inp.record_path) for s in scanned) else "", "origin": f"{len(scanned)} files",
+    paths = [s.inp.record_path for s in scanned]
+    return {"path": os.path.commonpath(paths) if all(os.path.isabs(p) for p in paths) else "", "origin": origin,
             "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "bytes": sum(s.size for s in scanned),
             "files": len(scanned)}
 

@@ -230,14 +230,44 @@ class _Counted(io.RawIOBase):
         return n
 
 
+class _Zstd(io.RawIOBase):
+    """zstd frames decompressed as they are read, with the `zstandard` package (whose own stream reader
+    ends quietly where a file is cut short: here a frame that never ends is an error)."""
+
+    def __init__(self, raw: BinaryIO, zstandard) -> None:  # noqa: ANN001 - the module
+        self.raw, self.dec = raw, zstandard.ZstdDecompressor()
+        self.obj, self.started = self.dec.decompressobj(), False
+        self.out, self.pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - a writable buffer
+        while self.pos == len(self.out):
+            chunk = self.raw.read(1 << 16)  # small: a chunk of text decompresses to a few times its size
+            if not chunk:
+                if self.started and not self.obj.eof:
+                    raise EOFError("the file ends inside a zstd frame: it was cut short")
+                return 0
+            self.out, self.pos = b"", 0
+            while chunk:
+                self.out += self.obj.decompress(chunk)
+                self.started = True
+                chunk = b""
+                if self.obj.eof:  # the next frame, if any, starts in what this one left
+                    chunk, self.obj, self.started = self.obj.unused_data, self.dec.decompressobj(), False
+        n = min(len(b), len(self.out) - self.pos)
+        b[:n] = self.out[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
 def _decompressed(raw: BinaryIO, inp: InputFile) -> BinaryIO:
     if inp.compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if inp.compression == "zstd":
         z = zstd_module()
-        if hasattr(z, "ZstdFile"):
-            return z.ZstdFile(raw)
-        return io.BufferedReader(z.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        return z.ZstdFile(raw) if hasattr(z, "ZstdFile") else io.BufferedReader(_Zstd(raw, z), 1 << 20)
     return raw
 
 
@@ -260,8 +290,6 @@ def read_documents(inp: InputFile, text_field: str = "text",
             while raw.read(1 << 20):
                 pass  # bytes after the compressed stream: hashed like the rest
     except (OSError, EOFError, zlib.error) as e:
-        if isinstance(e, InputError):
-            raise
         what = f"a valid {inp.compression} file" if inp.compression else "readable"
         raise InputError(f"{inp.label} is not {what} ({e}); check the file or leave it out") from None
     except Exception as e:  # the zstandard module's own error class
