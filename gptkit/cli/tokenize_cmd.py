@@ -151,13 +151,7 @@ def tokenize_command(
     gptkit tokenize chapters/ more.jsonl.gz --out data/all -t gpt2
     """
     with handle_errors():
-        texts = text
-        if out is None and (glob or text_field is not None or skip_bad):
-            raise UsageError("--glob, --text-field and --skip-bad go with --out")
-        if out is None and texts and len(texts) > 1:
-            raise UsageError(f"got {len(texts)} TEXT arguments; quote a text that has spaces (several inputs go "
-                             "with --out)")
-        text = texts[0] if texts else None
+        texts, text = text, _one_text(text, out, glob, text_field, skip_bad)
         modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
                  "compare": compare is not None, "out": out is not None}
         mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction, vocab_size)
@@ -169,16 +163,8 @@ def tokenize_command(
 
             train_text = read_text(train_file)
         if mode == "out":
-            from gptkit.data.sources import DataSpec
-
-            refs = (str(file),) if file is not None else tuple(texts or ())
-            if "-" in refs and sys.stdin.isatty():
-                raise UsageError("'-' reads the text from stdin: pipe it in, e.g. `cat *.txt | gptkit tokenize - "
-                                 "--out DIR`")
-            data = DataSpec(refs, tuple(glob or ()), text_field or "text", skip_bad,
-                            sys.stdin.buffer if "-" in refs else None)
-            _build(data, out, tokenizer, checkpoint, checkpoints, train_text, vocab_size, val_fraction,
-                   save_tokenizer, quiet)
+            _build(_inputs(texts, file, glob, text_field, skip_bad), out, tokenizer, checkpoint, checkpoints,
+                   train_text, vocab_size, val_fraction, save_tokenizer, quiet)
             return
         source = read_input(text, file, as_path=mode == "compare")
         if mode == "compare":
@@ -196,6 +182,28 @@ def tokenize_command(
             _view(tok, source)
         else:
             _script_output(tok, source, mode, lines)
+
+
+def _one_text(texts: list[str] | None, out: Path | None, glob: list[str] | None, text_field: str | None,
+              skip_bad: bool) -> str | None:
+    """The TEXT argument of every mode but --out (which takes several inputs, and the flags that choose them)."""
+    if out is None and (glob or text_field is not None or skip_bad):
+        raise UsageError("--glob, --text-field and --skip-bad go with --out")
+    if out is None and texts and len(texts) > 1:
+        raise UsageError(f"got {len(texts)} TEXT arguments; quote a text that has spaces (several inputs go "
+                         "with --out)")
+    return texts[0] if texts else None
+
+
+def _inputs(texts: list[str] | None, file: Path | None, glob: list[str] | None, text_field: str | None,
+            skip_bad: bool):
+    """--out's inputs: the FILE of --file, or every argument; `-` reads a pipe."""
+    from gptkit.data.sources import DataSpec
+
+    refs = (str(file),) if file is not None else tuple(texts or ())
+    if "-" in refs and sys.stdin.isatty():
+        raise UsageError("'-' reads the text from stdin: pipe it in, e.g. `cat *.txt | gptkit tokenize - --out DIR`")
+    return DataSpec(refs, tuple(glob or ()), text_field or "text", skip_bad, sys.stdin.buffer if "-" in refs else None)
 
 
 def _decode(tok, source: str, lines: bool) -> None:
