@@ -289,13 +289,14 @@ class Chunker:
         self.open = True
         self.ends_line = text.endswith("\n")
         self.chars += len(text)
-        self.buf = self.buf + text if self.buf else text
-        while len(self.buf) > self.size:
-            cut = find_cut(self.buf, self.size) if self.exact else len(self.buf)
+        buf, start = self.buf + text if self.buf else text, 0
+        while len(buf) - start > self.size:
+            cut = find_cut(buf, start + self.size) if self.exact else len(buf)
             if cut is None:
                 break  # no safe cut yet: wait for more text (only text without lines or spaces gets here)
-            self._take(self.buf[:cut])
-            self.buf = self.buf[cut:]
+            self._take(buf[start:cut])
+            start = cut
+        self.buf = buf[start:] if start else buf
         return self._ready()
 
     def _take(self, text: str) -> None:
