@@ -31,7 +31,7 @@ from typing import BinaryIO, Optional
 from gptkit.errors import InputError
 
 BOM = b"\xef\xbb\xbf"
-BLOCK_BYTES = 1 << 20  # how much of the file is read at a time
+BLOCK_BYTES = 1 << 18  # how much of a file is read at a time (about one chunk)
 LOOKAHEAD = 1 << 20  # how far past the cut the split looks for a line start
 DOC_END = None  # in a stream of pieces: one document ends, the next begins
 Piece = Optional[tuple[str, int]]  # (text, its length in UTF-8 bytes), or DOC_END
@@ -289,15 +289,16 @@ class Chunker:
         self.open = True
         self.ends_line = text.endswith("\n")
         self.chars += len(text)
-        buf, start = self.buf + text if self.buf else text, 0
+        buf, start, out = self.buf + text if self.buf else text, 0, []
         while len(buf) - start > self.size:
             cut = find_cut(buf, start + self.size) if self.exact else len(buf)
             if cut is None:
                 break  # no safe cut yet: wait for more text (only text without lines or spaces gets here)
             self._take(buf[start:cut])
             start = cut
+            out += self._ready()  # one task per chunk: a block's chunks go to different threads
         self.buf = buf[start:] if start else buf
-        return self._ready()
+        return out + self._ready()
 
     def _take(self, text: str) -> None:
         if text:
