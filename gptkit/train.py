@@ -11,13 +11,14 @@ and a clean stop on Ctrl-C/SIGTERM or when `max_time` runs out. It reports throu
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import signal
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ import torch
 
 from gptkit import __version__, checkpoint, runtime
 from gptkit.config import ModelConfig, TrainConfig, field_names, to_dict, validate
-from gptkit.data.build import prepare_dataset
+from gptkit.data.build import BUILD_WAIT_S, prepare_dataset
 from gptkit.data.dataset import TokenDataset, check_lengths, get_batch, load_dataset
-from gptkit.data.sources import load_source
-from gptkit.errors import CheckpointError, TrainingError, UsageError
+from gptkit.data.sources import DataSpec, is_dataset_folder, open_inputs
+from gptkit.errors import CheckpointError, InputError, TrainingError, UsageError
 from gptkit.evaluate import bits_per_char, estimate_loss, sample_text
-from gptkit.fsio import removed_on_error
+from gptkit.fsio import removed_on_error, run_lock
 from gptkit.model import GPT
 from gptkit.optim import lr_at, make_optimizer, restore_optimizer, schedule_progress, set_lr
 from gptkit.tokenizers.core import Tokenizer
@@ -70,21 +71,52 @@ class LoopState:
     rng: dict[str, Any] = field(default_factory=dict)
 
 
-def load_data(data: str | None, tc: TrainConfig, run_dir: Path, store: Path,
-              tokenizer: Tokenizer | None, is_main: bool, barrier: Callable[[], None]) -> TokenDataset:
-    """A dataset folder is used as is; a text (file, URL, built-in) is tokenized once under the run."""
-    if data is not None and Path(data).is_dir() and (Path(data) / "meta.json").is_file():
+def load_data(data: DataSpec | str | None, tc: TrainConfig, run_dir: Path, store: Path,
+              tokenizer: Tokenizer | None, dist_info: runtime.DistInfo,
+              on_event: Callable[[Event], None] | None = None) -> TokenDataset:
+    """A dataset folder is used as is. Other inputs (files, folders, URLs, stdin, the built-in corpus)
+    are tokenized once into run_dir/data (or reused from there): under torchrun by every node's
+    local rank 0, into its own store (node-local, or shared and built once under a lock), while all
+    other processes wait at a CPU barrier whose timeout is as long as a build may take."""
+    spec = DataSpec.of(data)
+    if len(spec.refs) == 1 and is_dataset_folder(Path(spec.refs[0])):
         run_dir.mkdir(parents=True, exist_ok=True)  # no cache is written under it, so create it here
-        ds = load_dataset(data)
+        ds = load_dataset(spec.refs[0])
         if tokenizer is not None and ds.meta["tokenizer"] != tokenizer.to_dict():
-            raise UsageError(f"dataset {data!r} was built with another tokenizer than the checkpoint's; "
+            raise UsageError(f"dataset {spec.refs[0]!r} was built with another tokenizer than the checkpoint's; "
                              "rebuild it with `gptkit tokenize --checkpoint ...`")
         return ds
-    if is_main:
-        source = load_source(data, store / ".cache")
-        ds = prepare_dataset(source, tc.tokenizer, tc.vocab_size, tc.val_fraction, run_dir / "data", tokenizer)
-    barrier()  # other ranks wait until rank 0 has written the dataset, then map it
-    return ds if is_main else load_dataset(run_dir / "data")
+    group = _data_group(dist_info)
+    ds = None
+    if dist_info.local_rank == 0:
+        with open_inputs(spec, store / ".cache", exclude=[store]) as inputs:
+            ds = prepare_dataset(inputs, tc.tokenizer, tc.vocab_size, tc.val_fraction, run_dir / "data", tokenizer,
+                                 spec.text_field, spec.skip_bad, {"refs": list(spec.refs)}, on_event)
+    if group is None:
+        return ds
+    try:
+        torch.distributed.barrier(group=group)  # every node's builder is done
+        ds = ds or load_dataset(run_dir / "data")
+        seen = [None] * dist_info.world_size
+        torch.distributed.all_gather_object(seen, (ds.tokenizer.fingerprint, len(ds.train), len(ds.val)), group=group)
+    except RuntimeError:
+        raise TrainingError("another process stopped while the dataset was being built (its error says why)") from None
+    finally:
+        torch.distributed.destroy_process_group(group)
+    if any(s != seen[0] for s in seen):
+        rank = next(r for r, s in enumerate(seen) if s != seen[0])
+        raise InputError(f"rank {rank}'s dataset differs from rank 0's (tokenizer, train and val tokens: {seen[rank]} "
+                         f"vs {seen[0]}); give every node the same inputs, or build it once with `gptkit tokenize "
+                         "--out DIR` on a shared filesystem and train on DIR")
+    return ds
+
+
+def _data_group(dist_info: runtime.DistInfo):
+    """A gloo group for waiting on the dataset: a CPU barrier with its own long timeout, so a long
+    build outlasts neither NCCL's timeout nor the default group's."""
+    if not dist_info.enabled:
+        return None
+    return torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=BUILD_WAIT_S))
 
 
 @contextmanager
@@ -174,7 +206,7 @@ def _check_budget_left(tc: TrainConfig, state: dict[str, Any], name: str) -> Non
                          "(the budget counts the whole run); raise --max-time to train on")
 
 
-def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, store: Path,
+def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir: Path, store: Path,
           on_event: Callable[[Event], None] = lambda e: None, resume: bool = False,
           init_from: str | None = None, explicit: set[str] | None = None) -> TrainResult:
     """Train a model and return where it was saved. `explicit` names the config fields the user set:
@@ -183,6 +215,7 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
     dist_info, device = runtime.setup_distributed(tc.device)
     dtype = runtime.pick_dtype(tc.dtype, device)
     runtime.enable_fast_math(device)
+    held = ExitStack()  # the run folder's lock, from before the data is built until the loop ends
     try:
         with removed_on_error(run_dir):  # a run that fails before its first step leaves no folder behind
             prior = _prior_checkpoint(run_dir, resume, init_from, store)
@@ -196,9 +229,9 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
                     _check_budget_left(tc, prior.state, run_dir.name)
             if dist_info.is_main:
                 check_writable(run_dir)
+                held.enter_context(run_lock(run_dir))  # a second training of this run stops here, in one line
             runtime.check_training_memory(mc, tc.batch_size, device, dtype)  # before tokenizing: vocab not counted yet
-            barrier = (lambda: torch.distributed.barrier()) if dist_info.enabled else (lambda: None)
-            ds = load_data(data, tc, run_dir, store, tokenizer, dist_info.is_main, barrier)
+            ds = load_data(data, tc, run_dir, store, tokenizer, dist_info, on_event if dist_info.is_main else None)
             if mc.vocab_size == 0:
                 mc = dataclasses.replace(mc, vocab_size=ds.tokenizer.vocab_size)
             check_lengths(ds, mc.block_size)
@@ -207,6 +240,7 @@ def train(mc: ModelConfig, tc: TrainConfig, data: str | None, run_dir: Path, sto
             loop.setup(prior, resume)
         return loop.run()
     finally:
+        held.close()
         runtime.teardown_distributed()
 
 
