@@ -211,7 +211,7 @@ def zstd_module():
         return zstandard
     except ImportError:
         raise InputError("reading .zst files needs the zstandard module, which is not installed: pip install "
-                         "zstandard, or decompress them first (zstd -d FILE)") from None
+                         "'gptkit[zstd]', or decompress them first (zstd -d FILE)") from None
 
 
 class _Counted(io.RawIOBase):
