@@ -255,7 +255,7 @@ def test_stdin_and_zstd_from_the_command_line(tmp_path):
         import zstandard  # noqa: F401
     except ImportError:
         if sys.version_info < (3, 14):  # no compression.zstd either: one line naming the module
-            assert_one_line_error(proc, "zstandard module", "pip install zstandard", "zstd -d")
+            assert_one_line_error(proc, "zstandard module", "pip install 'gptkit[zstd]'", "zstd -d")
             assert not (tmp_path / "zs").exists()
             return
     assert proc.returncode == 0, proc.stderr
