@@ -22,7 +22,7 @@ def check_options(prompt: str | None, top_k: int, layer: int | None, head: int |
     """Cheap checks before torch is imported; ranges that need the model's shape come later."""
     if n_eval is not None and not neighbors:
         raise UsageError("--eval N measures the --neighbors method over N positions; add --neighbors")
-    for flag, value in (("--top-k", top_k), ("--max-positions", max_positions or 1), ("--n-neighbors", n_neighbors),
+    for flag, value in (("--top-k", top_k), ("--max-positions", 1 if max_positions is None else max_positions), ("--n-neighbors", n_neighbors),
                         ("--eval", 1 if n_eval is None else n_eval)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")

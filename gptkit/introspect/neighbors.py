@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from gptkit.checkpoint import CheckpointInfo
 from gptkit.data.dataset import split_point
-from gptkit.data.sources import read_text, sha256_bytes
+from gptkit.data.sources import BUILTIN, builtin_corpus, read_text, sha256_bytes
 from gptkit.errors import InputError, TokenizerError
 from gptkit.introspect.tokens import label
 from gptkit.introspect.trace import Trace, piece, run_blocks
@@ -53,7 +53,12 @@ def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[s
         if not path:
             raise InputError(f"{str(info.path)!r} records no training text; pass --data FILE with the text "
                              "it was trained on")
-        if not Path(path).is_file():
+        if path == BUILTIN:
+            path = str(builtin_corpus())  # made again from this Python's stdlib; the sha256 check below says if it differs
+        elif (record.get("files") or 1) > 1:
+            raise InputError(f"{str(info.path)!r} was trained on {record['files']} files; pass --data FILE with "
+                             "the one to search")
+        elif not Path(path).is_file():
             raise InputError(f"the training text recorded in the checkpoint, {path!r}, is not there; "
                              "pass --data FILE")
     else:
