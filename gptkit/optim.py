@@ -95,7 +95,10 @@ class Muon(torch.optim.Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            st = self.state[p]
+            if "momentum_buffer" not in st:  # setdefault would allocate and fill a new buffer at every step
+                st["momentum_buffer"] = torch.zeros_like(p)
+            buf = st["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mom)
             g = p.grad.lerp(buf, mom)  # Nesterov: look one momentum step ahead
             rows, cols = p.size(0) // split, p.size(1)
