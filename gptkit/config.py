@@ -49,6 +49,13 @@ def mlp_hidden(cfg: ModelConfig) -> int:
     return 8 * ((8 * cfg.n_embd // 3 + 7) // 8) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
 
 
+def padded_vocab(vocab_size: int) -> int:
+    """Rows of the model's embedding and output matrices: the vocabulary rounded up to a multiple of
+    64, so the logits GEMM keeps tensor-core-aligned strides (nanoGPT's 50304 for GPT-2's 50257). The
+    extra rows are zero; the model's logits and state dict show the real vocabulary only."""
+    return -(-vocab_size // 64) * 64
+
+
 def approx_params(cfg: ModelConfig) -> int:
     """Parameters of a GPT with this config, from the shapes alone (biases and norms ignored)."""
     C = cfg.n_embd

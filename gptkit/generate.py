@@ -58,7 +58,7 @@ def decode_one_token(model: GPT, idx: torch.Tensor, cache: KVCache, input_pos: t
     for block in model.transformer.h:
         x = x + block.attn.forward(block.ln_1.forward(x), rope, cache, input_pos)
         x = x + block.mlp.forward(block.ln_2.forward(x))
-    return model.lm_head(model.transformer.ln_f(x[:, -1]))
+    return model.head(x[:, -1])
 
 
 def compile_decode(model: GPT) -> Callable[[GPT, torch.Tensor, KVCache, torch.Tensor], torch.Tensor]:

@@ -159,6 +159,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, model: GPT, saved: dict[
         if entries:
             if "step" in entries and not getattr(optimizer, "defaults", {}).get("fused"):
                 entries["step"] = entries["step"].cpu()  # non-fused AdamW keeps its step counter on the CPU
+            for key, t in entries.items():  # the embedding's moments are saved without its zero padding rows
+                if t.dim() and t.shape[0] < p.shape[0]:
+                    entries[key] = torch.cat([t, t.new_zeros(p.shape[0] - t.shape[0], *p.shape[1:])])
             optimizer.state[p] = entries
             restored += 1
     return restored
