@@ -167,3 +167,14 @@ def test_prompt_outside_the_char_vocabulary(trained_run, tmp_path):
     assert proc.stdout == ""  # checked before anything is generated
     proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt-file", "missing.txt", cwd=tmp_path)
     assert_one_line_error(proc, "cannot read prompt file", "missing.txt")
+
+
+def test_bf16_sampling_on_a_cpu(trained_run, tmp_path):
+    """`--dtype bfloat16` on a CPU: the weights in bf16, the decode step eager; its greedy text starts
+    as the fp32 one does (bf16 rounding may flip a near tie later)."""
+    args = ("--prompt", "ROMEO:", "-n", "60", "--temperature", "0", "--json", "-v")
+    bf16 = sample(trained_run["run_dir"], *args, "--dtype", "bfloat16", cwd=tmp_path)
+    fp32 = sample(trained_run["run_dir"], *args, cwd=tmp_path)
+    assert "cpu bfloat16 | compile off" in bf16.stderr and "cpu float32" in fp32.stderr
+    text16, text32 = (json.loads(p.stdout)["text"] for p in (bf16, fp32))
+    assert len(text16) == 60 and text16[:8] == text32[:8], (text16, text32)
