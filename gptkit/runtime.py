@@ -66,7 +66,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 CLEARLY_FASTER = 0.8  # bf16 must take at most this share of fp32's time: a close call stays exact fp32
 
 
-def faster_cpu_dtype(step: Callable[[torch.dtype], None], repeats: int = 2) -> tuple[torch.dtype, float]:
+def faster_cpu_dtype(step: Callable[[torch.dtype], None], repeats: int = 3) -> tuple[torch.dtype, float]:
     """Time `step(dtype)` (one forward and backward of the model at its own shapes) in fp32 and in
     bf16 autocast, alternating, the best of `repeats` after a warm-up of each. Returns bf16 only when
     it takes at most CLEARLY_FASTER of fp32's time, and the measured ratio. Whether bf16 pays on a
