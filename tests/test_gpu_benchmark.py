@@ -18,7 +18,7 @@ def test_the_gpu_check_runs_dry_on_a_cpu(tmp_path):
     rows = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout: JSON lines and nothing else
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     checks = [r["check"] for r in rows]
-    assert checks == ["env", "decisions", "matmul", "train", "sdpa", "user", "decode", "fp16", "ddp", "summary"]
+    assert checks == ["env", "decisions", "matmul", "train", "sdpa", "fp16", "decode", "ddp", "user", "summary"]
     for row in rows[:-1]:
         assert row["pass"] is True and row["rule"], row
     by = {r["check"]: r for r in rows}
