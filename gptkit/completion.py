@@ -116,9 +116,9 @@ def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequ
     result = Result(prompt, len(prompt_ids), samples)
     t0 = time.perf_counter()
     for step in engine.generate(prompt_ids, max_new_tokens, params, seed, utf8):
-        if result.first_token_seconds is None:
+        ids, logprobs = step.ids.tolist(), step.logprobs.tolist()  # the one wait for the device per token
+        if result.first_token_seconds is None:  # stamped once the token is on the host, not when it was queued
             result.first_token_seconds = time.perf_counter() - t0
-        ids, logprobs = step.ids.tolist(), step.logprobs.tolist()
         for r in sorted(live):
             samples[r].token_ids.append(ids[r])
             samples[r].logprobs.append(logprobs[r])

@@ -117,7 +117,8 @@ def sample_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                           help="torch.compile the decode step [default: on for CUDA only]"),
+                                           help="torch.compile the decode step, sampling included [default: on CUDA "
+                                           "for jobs of 20,000+ tokens, which repay the compile]"),
     threads: Optional[int] = typer.Option(None, "--threads", show_default=False,
                                           help="CPU threads [default: torch's, or OMP_NUM_THREADS]"),
     cpu_split: str = typer.Option("auto", "--cpu-split", help="auto: on a CPU, time at start whether splitting "
@@ -147,7 +148,7 @@ def sample_command(
         from gptkit import checkpoint as ckpt
         from gptkit.completion import complete, utf8_constraint
         from gptkit.generate import Engine, row_seed
-        from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
+        from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile_decode
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
@@ -162,7 +163,11 @@ def sample_command(
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
         check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)
-        use_compile = want_compile(compile, dev) and not no_cache
+        steps = len(prompts) * max_new_tokens
+        use_compile = want_compile_decode(compile, dev, steps) and not no_cache
+        if use_compile and compile is None:  # the stall before the first token needs a reason
+            typer.echo(f"compiling the decode step: {steps:,} tokens to generate repay its compile "
+                       "(--no-compile skips it)", err=True)
         plan = "off"
         if dev.type == "cpu" and cpu_split == "auto" and not (no_cache or use_compile):
             from gptkit.split_linear import use_fastest
@@ -183,6 +188,7 @@ def sample_command(
         params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
         utf8 = None if allow_invalid_utf8 else utf8_constraint(tokenizer, model.config.vocab_size)
+        engine.warm_up(params, utf8=utf8 is not None)  # compiled: built and recorded here, so no stat counts the compile
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
             printer.begin(p)

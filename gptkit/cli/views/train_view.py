@@ -85,6 +85,8 @@ class TrainView:
             self.data.report()  # the dataset is ready
         if kind == "eval":
             self.evals.append(e)
+        if kind == "warning":  # even when quiet: it says why the run is slower than it should be
+            self._line(f"warning: {e['message']}")
         if self.quiet:
             return
         if kind == "start":
