@@ -99,7 +99,7 @@ def test_train_help_states_the_defaults_a_cpu_gets():
     train = typer.main.get_command(app).commands["train"]
     helps = {p.name: p.help for p in train.params if p.help}
     mc, tc = resolve_config(None, None, {}, device_type="cpu")  # what a CPU run actually uses
-    for name in ("batch_size", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer"):
+    for name in ("tokens_per_step", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer"):
         value = getattr(tc, name, getattr(mc, name, None))
         assert f"[default: {value} on CPU (quick preset)" in helps[name], helps[name]
     assert helps["pos_encoding"].endswith("else learned]")  # only quick changes it

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import typer
 
 from gptkit.cli.app import app, handle_errors
+from gptkit.cli.interactive import wants_interactive
 from gptkit.cli.views.sample_view import Printer, stats_line
 from gptkit.config import check_seed
 from gptkit.errors import InputError, TokenizerError, UsageError
@@ -92,6 +93,9 @@ def sample_command(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to continue [default: stdin if piped]"),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", "-f", help="read the prompt from a file (- for stdin)"),
     lines: bool = typer.Option(False, "--lines", help="one prompt per input line, one result per output line"),
+    interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive", show_default=False,
+                                               help="load once, then each line typed is a prompt "
+                                               "[default: on at a terminal when no prompt is given]"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per sample: text, ids, logprobs, finish reason, timing"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
                                              help="checkpoint file, run folder or run name [default: newest run]"),
@@ -107,11 +111,14 @@ def sample_command(
     num_samples: int = typer.Option(1, "--num-samples", help="samples per prompt, decoded together as one batch"),
     stop: Optional[list[str]] = typer.Option(None, "--stop", metavar="TEXT", help="end a sample at this text (not printed); repeatable"),
     echo: bool = typer.Option(True, "--echo/--no-echo", help="print the prompt before the continuation"),
+    allow_invalid_utf8: bool = typer.Option(False, "--allow-invalid-utf8", help="let a byte-level model choose "
+                                            "tokens that break a character (shown as U+FFFD); by default they are masked"),
     no_cache: bool = typer.Option(False, "--no-cache", help="recompute the full context every token (reference path)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
-                                           help="torch.compile the decode step [default: on for CUDA only]"),
+                                           help="torch.compile the decode step, sampling included [default: on CUDA "
+                                           "for jobs of 20,000+ tokens, which repay the compile]"),
     threads: Optional[int] = typer.Option(None, "--threads", show_default=False,
                                           help="CPU threads [default: torch's, or OMP_NUM_THREADS]"),
     cpu_split: str = typer.Option("auto", "--cpu-split", help="auto: on a CPU, time at start whether splitting "
@@ -127,6 +134,8 @@ def sample_command(
         if compile and no_cache:
             raise UsageError("--compile compiles the KV-cache decode step, which --no-cache does not use; drop one")
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
+        repl = wants_interactive(interactive, prompt, prompt_file, lines, as_json,
+                                 sys.stdin is not None and sys.stdin.isatty(), sys.stdout.isatty())
         if threads is not None and not 1 <= threads <= 1024:
             raise UsageError(f"--threads must be from 1 to 1024, got {threads}")
         check_seed(seed)
@@ -137,9 +146,9 @@ def sample_command(
         import torch
 
         from gptkit import checkpoint as ckpt
-        from gptkit.completion import complete
+        from gptkit.completion import complete, utf8_constraint
         from gptkit.generate import Engine, row_seed
-        from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile
+        from gptkit.runtime import check_sampling_memory, pick_device, pick_dtype, want_compile_decode
         from gptkit.sampling import SamplingParams
 
         dev = pick_device(device)
@@ -149,12 +158,16 @@ def sample_command(
         model.to(precision)
         if dev.type == "cpu" and threads is not None:
             torch.set_num_threads(threads)
-        text = read_prompt_text(prompt, prompt_file, lines)
+        text = "" if repl else read_prompt_text(prompt, prompt_file, lines)
         prompts = split_lines(text) if lines else [text]
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
         check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)
-        use_compile = want_compile(compile, dev) and not no_cache
+        steps = len(prompts) * max_new_tokens
+        use_compile = want_compile_decode(compile, dev, steps) and not no_cache
+        if use_compile and compile is None:  # the stall before the first token needs a reason
+            typer.echo(f"compiling the decode step: {steps:,} tokens to generate repay its compile "
+                       "(--no-compile skips it)", err=True)
         plan = "off"
         if dev.type == "cpu" and cpu_split == "auto" and not (no_cache or use_compile):
             from gptkit.split_linear import use_fastest
@@ -166,15 +179,23 @@ def sample_command(
                        + (f" | {torch.get_num_threads()} thread(s), cpu split {plan}" if dev.type == "cpu" else ""),
                        err=True)
         engine = Engine(model, num_samples, use_cache=not no_cache, compile_step=use_compile)
+        if repl:
+            from gptkit.cli.interactive import Session, Settings
+
+            settings = Settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stops,
+                                allow_invalid_utf8)
+            return Session(engine, tokenizer, settings, check_sampling, encode_prompt, stats or verbose).run()
         params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
+        utf8 = None if allow_invalid_utf8 else utf8_constraint(tokenizer, model.config.vocab_size)
+        engine.warm_up(params, utf8=utf8 is not None)  # compiled: built and recorded here, so no stat counts the compile
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
             printer.begin(p)
             # every sample of the job its own seed (see row_seed): lines are independent, each reproducible alone
             line_seed = None if seed is None else row_seed(seed, i * num_samples)
             result = complete(engine, tokenizer, p, ids, max_new_tokens, params, line_seed, stops,
-                              tokenizer.eot_id, printer.on_text)
+                              tokenizer.eot_id, printer.on_text, utf8)
             printer.end(result, i)
             if stats or verbose:
                 typer.echo(stats_line(result), err=True)

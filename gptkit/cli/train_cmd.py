@@ -14,42 +14,70 @@ from gptkit.cli.app import app, config_options, handle_errors, with_options
 from gptkit.config import ModelConfig, TrainConfig, load_toml, resolve_config
 from gptkit.data.chunks import HEAD_BYTES, decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
+from gptkit.fsio import RUN_LOCK, check_run_free, lock_holder
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
 
 
+RUN_NAME = re.compile(r"[\w.-]+")  # letters and digits (any script), "_", "." and "-"
+MAX_RUN_NAME = 100
+
+
 def run_name_for(data: str | None) -> str:
-    """tinyshakespeare.txt -> 'tinyshakespeare'; a URL -> its file name; nothing -> 'builtin'."""
+    """tinyshakespeare.txt -> 'tinyshakespeare'; a folder -> its name; a URL -> its file name; nothing ->
+    'builtin'; stdin -> 'stdin'."""
     if data is None:
         return "builtin"
-    stem = Path(data.rstrip("/").split("?")[0]).stem or "run"
-    return re.sub(r"[^\w.-]+", "-", stem).strip("-") or "run"
+    if data == "-":
+        return "stdin"
+    name = Path(data.rstrip("/").split("?")[0]).name
+    for suffix in (".gz", ".zst", ".zstd"):
+        name = name[:-len(suffix)] if name.lower().endswith(suffix) else name
+    return (re.sub(r"[^\w.-]+", "-", Path(name).stem).strip("-.") or "run")[:MAX_RUN_NAME]
+
+
+def check_run_name(name: str) -> str:
+    """A run is a folder of the store: its name must not climb out of it, nest, or hide."""
+    if not 0 < len(name) <= MAX_RUN_NAME or name.startswith(".") or not RUN_NAME.fullmatch(name):
+        raise UsageError(f"--run {name!r} is not a run name: use letters, digits, '.', '_' and '-', at most "
+                         f"{MAX_RUN_NAME} characters, not starting with '.'")
+    return name
 
 
 def fresh_run_dir(store: Path, name: str) -> Path:
-    """A run folder that holds no checkpoint yet: name, then name-2, name-3, ..."""
+    """A run folder that holds no checkpoint yet and no training is writing: name, then name-2, ..."""
     candidate, n = store / name, 1
-    while (candidate / "last.safetensors").exists() or (candidate / "best.safetensors").exists():
+    while ((candidate / "last.safetensors").exists() or (candidate / "best.safetensors").exists()
+           or lock_holder(candidate / RUN_LOCK) is not None):
         n += 1
         candidate = store / f"{name}-{n}"
     return candidate
 
 
-def check_data_arg(data: str | None) -> None:
-    """Cheap checks before importing torch: the path exists and is a file or a dataset folder."""
-    if data is None or data.startswith(("http://", "https://")):
+def check_data_arg(data: list[str] | None, globs: list[str] | None = None, skip_bad: bool = False,
+                   store: Path | None = None) -> None:
+    """Cheap checks before importing torch: every path exists, folders hold files, a dataset folder
+    comes alone, "-" comes once and has a pipe behind it; a single text file's first MiB is text."""
+    from gptkit.data.sources import STDIN, is_dataset_folder, is_url, list_inputs
+
+    refs = list(data or [])
+    if refs.count(STDIN) > 1:
+        raise UsageError("'-' (stdin) can be given once")
+    if STDIN in refs and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("'-' reads the text from stdin: pipe it in, e.g. `cat *.txt | gptkit train -`")
+    if STDIN in refs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("'-' (stdin) cannot be read by several processes; under torchrun give files or folders")
+    paths = [r for r in refs if r != STDIN and not is_url(r)]
+    if len(refs) > 1 and any(is_dataset_folder(Path(r)) for r in paths):
+        raise InputError(f"{next(r for r in paths if is_dataset_folder(Path(r)))!r} is a dataset folder (it has "
+                         "meta.json): train on it alone, not with other inputs")
+    if len(refs) == 1 and paths and is_dataset_folder(Path(paths[0])):
         return
-    p = Path(data)
-    if not p.exists():
-        raise InputError(f"{data!r} does not exist; give a UTF-8 text file, a dataset folder, or an http(s) URL")
-    if p.is_dir():
-        if not (p / "meta.json").is_file():
-            raise InputError(f"{data!r} is a directory without meta.json; give a text file or a folder made by "
-                             "`gptkit tokenize FILE --out DIR`")
-        return
-    head = _read_head(p)
-    # the first MiB catches empty, binary and non-UTF-8 files before torch is even imported
-    decode_utf8(head, repr(data), cut=len(head) == HEAD_BYTES)
+    files = list_inputs(paths, globs or (), [store] if store else ())
+    if len(files) == 1 and len(refs) == 1 and not skip_bad and not (files[0].compression or files[0].jsonl):
+        head = _read_head(files[0].path)
+        # the first MiB catches empty, binary and non-UTF-8 files before torch is even imported
+        decode_utf8(head, files[0].label, cut=len(head) == HEAD_BYTES)
 
 
 def _read_head(p: Path) -> bytes:
@@ -63,33 +91,47 @@ def _read_head(p: Path) -> bytes:
 @app.command("train")
 @with_options(_OPTIONS)
 def train_command(
-    data: Optional[str] = typer.Argument(None, help="UTF-8 text file, dataset folder, or http(s) URL "
-                                         "[default: the built-in corpus of Python's docstrings]", show_default=False),
+    data: Optional[list[str]] = typer.Argument(None, help="what to learn from: UTF-8 text files, folders of them "
+                                               "(recursive), .gz/.zst, .jsonl, `-` for stdin, http(s) URLs, or one "
+                                               "dataset folder [default: the built-in corpus of Python's docstrings]",
+                                               show_default=False),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="quick | tiny | small | baby | gpt2 "
                                          "[default: quick on CPU, small on MPS, baby on CUDA]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings ([model]/[train] tables)"),
     run: Optional[str] = typer.Option(None, "--run", "--run-name", "-r",
-                                      help="run name under the store (spell it --run-name under torchrun, whose "
-                                      "own parser claims --run) [default: from the data file name]"),
+                                      help="run name under the store: letters, digits, '.', '_', '-' (spell it "
+                                      "--run-name under torchrun, whose own parser claims --run) [default: from the "
+                                      "first input's name]"),
     checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
                                                help="checkpoint store folder [default: ./checkpoints]"),
     resume: bool = typer.Option(False, "--resume", help="continue the run from its last.safetensors"),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="start from another checkpoint's weights "
                                             "and tokenizer (PATH or RUN)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run named by --run"),
+    glob: Optional[list[str]] = typer.Option(None, "--glob", metavar="PATTERN", help="in folders, take only the files matching this "
+                                             "pattern, e.g. '*.md' (repeatable) [default: every file but hidden ones]"),
+    text_field: str = typer.Option("text", "--text-field", help="the field of each .jsonl record that holds its text"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip binary, non-UTF-8 and empty files (counted on "
+                                  "stderr) instead of stopping at the first"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     **settings: Any,
 ) -> None:
-    """Train a GPT on a text and save checkpoints to checkpoints/<run>/."""
+    """Train a GPT on texts and save checkpoints to checkpoints/<run>/."""
     with handle_errors():
-        check_data_arg(data)
+        store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
+        if run is not None:
+            check_run_name(run)
+        check_data_arg(data, glob, skip_bad, store)
         mc, tc = resolve_config(preset, config, settings, device_type=_device_type(settings.get("device")))
         # what this command sets (flags, and the --config file): a resumed run keeps its own values for the rest
         explicit = {k for k, v in settings.items() if v is not None} | (set(load_toml(config)) if config else set())
-        store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
-        run_dir = _pick_run_dir(store, run, data, resume, overwrite)
-        if resume and data is None:
+        run_dir = _pick_run_dir(store, run, data[0] if data else None, resume, overwrite)
+        if resume and not data:
             data = _recorded_dataset(run_dir)
+        from gptkit.data.sources import DataSpec
+
+        spec = DataSpec(tuple(data or ()), tuple(glob or ()), text_field, skip_bad,
+                        sys.stdin.buffer if data and "-" in data else None)
 
         from gptkit.cli.views.train_view import TrainView
         from gptkit.train import train
@@ -97,7 +139,7 @@ def train_command(
         quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
         view = TrainView(quiet=quiet)
         try:
-            result = train(mc, tc, data, run_dir, store, on_event=view, resume=resume, init_from=init_from,
+            result = train(mc, tc, spec, run_dir, store, on_event=view, resume=resume, init_from=init_from,
                            explicit=explicit)
         finally:
             view.close()
@@ -133,19 +175,23 @@ def _pick_run_dir(store: Path, run: str | None, data: str | None, resume: bool, 
         raise UsageError(f"run {run!r} already has checkpoints; pass --resume to continue it, --overwrite to "
                          "replace it, or choose another --run")
     if has_ckpt:
+        check_run_free(run_dir)  # never delete what a running training is writing
         for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
     return run_dir
 
 
-def _recorded_dataset(run_dir: Path) -> str | None:
+def _recorded_dataset(run_dir: Path) -> list[str] | None:
+    """What a run was trained on: its dataset folder if still there, else the inputs it was given."""
     from gptkit.checkpoint import LAST, read_info
 
     info = read_info(run_dir / LAST)
-    dataset = info.state.get("data", {}).get("dataset")
-    if dataset and Path(dataset, "meta.json").is_file():
-        return dataset
-    return info.state.get("data", {}).get("origin")
+    data = info.state.get("data", {})
+    if data.get("dataset") and Path(data["dataset"], "meta.json").is_file():
+        return [data["dataset"]]
+    if "refs" in data:
+        return list(data["refs"]) or None
+    return [data["origin"]] if data.get("origin") and data["origin"] != "builtin" else None
 
 
 def _summary(result) -> None:

@@ -1,7 +1,7 @@
 """Rendering of training: progress on stderr, the end-of-run loss curve.
 
 Owns how a run looks: a rich progress view when stderr is a terminal, plain log lines otherwise
-(so logs in files and CI stay readable). It computes nothing. Streaming generated text is
+(so logs in files and CI stay readable); the dataset build before it is drawn by `data_view`. It computes nothing. Streaming generated text is
 completion.py's job; inspect and tokenize have their own views.
 """
 
@@ -11,6 +11,8 @@ import math
 import os
 import sys
 from typing import IO, Any
+
+from gptkit.cli.views.data_view import BuildProgress
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -66,6 +68,7 @@ class TrainView:
         self.progress = None
         self.task = None
         self.evals: list[dict[str, Any]] = []
+        self.data = BuildProgress(not quiet, self.stream)  # the dataset build before the first step
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -75,8 +78,15 @@ class TrainView:
 
     def __call__(self, e: dict[str, Any]) -> None:
         kind = e["event"]
+        if kind in ("data", "skipped"):
+            self.data(e)
+            return
+        if kind == "start":
+            self.data.report()  # the dataset is ready
         if kind == "eval":
             self.evals.append(e)
+        if kind == "warning":  # even when quiet: it says why the run is slower than it should be
+            self._line(f"warning: {e['message']}")
         if self.quiet:
             return
         if kind == "start":
@@ -124,6 +134,7 @@ class TrainView:
             self._line(f"step {e['step']:>6} | {info} | {_fmt_time(e['elapsed'])} | ETA {_fmt_time(eta(e))}")
 
     def close(self) -> None:
+        self.data.close()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
