@@ -15,12 +15,13 @@ An HTML comment right before a block loosens that where training decides the num
 `<!-- test: skip: REASON -->` skips a block (only the one-time install, which this test runs inside).
 
 GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-iters N` becomes
-`--max-iters 20`, `gptkit train` (and `python no_mask.py`, which runs it in-process) gets
-`--eval-iters 5`, and `--max-positions N` (the --neighbors scan) becomes `--max-positions 1000`;
-and `gptkit`/`python` run as forked copies of one interpreter that has already imported torch (guide_forkserver.py: each is still its own process, with the command's argv,
-folder, environment, stdio and exit code), because importing torch took most of a fresh command's
-time. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter,
-which is how their shown outputs were made.
+`--max-iters 4`, `gptkit train` (and `python no_mask.py`, which runs it in-process) gets
+`--eval-iters 2`, `--max-positions N` (the --neighbors scan) becomes `--max-positions 1000` and
+`--eval N` (the --neighbors evaluation) `--eval 20`; and `gptkit`/`python` run as forked copies of
+one interpreter that has already imported torch (guide_forkserver.py: each is still its own process,
+with the command's argv, folder, environment, stdio and exit code), because importing torch took
+most of a fresh command's time. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each
+command in a fresh interpreter, which is how their shown outputs were made.
 
 Pictures: a guide shows `![...](img/LANG/NAME.svg)`, drawn by one of its own steps as NAME.svg in the
 run folder. Each run checks that every picture was drawn and is an SVG; a GPTKIT_GUIDE_FAST=0 run
@@ -46,8 +47,10 @@ from tests.conftest import ROOT
 
 GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
 FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
-FAST_ITERS = 20
+FAST_ITERS = 4
+FAST_EVAL_ITERS = 2
 FAST_POSITIONS = 1000
+FAST_EVAL = 20
 TRAINS = re.compile(r"\b(gptkit train|python no_mask\.py)\b")  # the guides' no_mask.py runs `gptkit train`
 FORKSERVER = Path(__file__).with_name("guide_forkserver.py")
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -143,10 +146,11 @@ def parse_guide(text: str) -> list[Step]:
 
 
 def shorten(cmd: str) -> str:
-    """Fast mode: a few optimizer steps, a cheap validation estimate and a short neighbour scan."""
+    """Fast mode: a few optimizer steps, a cheap validation estimate, a short neighbour scan and evaluation."""
     cmd = re.sub(r"--max-iters \d+", f"--max-iters {FAST_ITERS}", cmd)
     cmd = re.sub(r"--max-positions \d+", f"--max-positions {FAST_POSITIONS}", cmd)
-    return TRAINS.sub(r"\1 --eval-iters 5", cmd)
+    cmd = re.sub(r"--eval \d+", f"--eval {FAST_EVAL}", cmd)
+    return TRAINS.sub(rf"\1 --eval-iters {FAST_EVAL_ITERS}", cmd)
 
 
 def line_pattern(shown: str, mode: str) -> re.Pattern[str]:
@@ -398,11 +402,11 @@ def test_parser_and_checker_catch_drift():
     assert [s.kind for s in steps] == ["file", "console", "console", "console"]
     assert steps[0].name == "hello.py" and steps[1].text.count("\n") == 1  # a quote left open continues
     assert steps[1].shown == ["step 2000 | loss 1.81", "…"] and steps[1].mode == "numbers vary"
-    assert shorten(steps[2].text) == "gptkit train --eval-iters 5 --max-iters 20 2>&1 | tail -1"
-    assert shorten("python no_mask.py --max-iters 200") == "python no_mask.py --eval-iters 5 --max-iters 20"
+    assert shorten(steps[2].text) == "gptkit train --eval-iters 2 --max-iters 4 2>&1 | tail -1"
+    assert shorten("python no_mask.py --max-iters 200") == "python no_mask.py --eval-iters 2 --max-iters 4"
     assert steps[3].expect == ["B"]
-    assert shorten("gptkit inspect --neighbors --max-positions 20000") == \
-        "gptkit inspect --neighbors --max-positions 1000"
+    assert shorten("gptkit inspect --neighbors --max-positions 20000 --eval 500 --eval-iters 9") == \
+        "gptkit inspect --neighbors --max-positions 1000 --eval 20 --eval-iters 9"
     # numbers may differ and columns shift; words may not
     assert missing_lines(steps[1], "step   40 | loss 3.2\ndone\n") == []
     assert missing_lines(steps[1], "step 40 | lost 3.2\n") == ["step 2000 | loss 1.81"]
