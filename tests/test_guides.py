@@ -16,12 +16,15 @@ An HTML comment right before a block loosens that where training decides the num
 
 GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-iters N` becomes
 `--max-iters 4`, `gptkit train` (and `python no_mask.py`, which runs it in-process) gets
-`--eval-iters 2`, `--max-positions N` (the --neighbors scan) becomes `--max-positions 1000` and
-`--eval N` (the --neighbors evaluation) `--eval 20`; and `gptkit`/`python` run as forked copies of
-one interpreter that has already imported torch (guide_forkserver.py: each is still its own process,
-with the command's argv, folder, environment, stdio and exit code), because importing torch took
-most of a fresh command's time. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each
-command in a fresh interpreter, which is how their shown outputs were made.
+`--eval-iters 2 --dtype float32` (no timing of bf16 against fp32 for four steps), `--max-positions N`
+(the --neighbors scan) becomes `--max-positions 1000` and `--eval N` (the --neighbors evaluation)
+`--eval 20`; the built-in corpus, which `gptkit train` would make in the run folder's store, is
+copied there from the one `inspect --neighbors` makes (the same file, made once per machine, not
+twice per run); and `gptkit`/`python` run as forked copies of one interpreter that has already
+imported torch (guide_forkserver.py: each is still its own process, with the command's argv, folder,
+environment, stdio and exit code), because importing torch took most of a fresh command's time.
+GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter, which
+is how their shown outputs were made.
 
 Pictures: a guide shows `![...](img/LANG/NAME.svg)`, drawn by one of its own steps as NAME.svg in the
 run folder. Each run checks that every picture was drawn and is an SVG; a GPTKIT_GUIDE_FAST=0 run
@@ -150,7 +153,7 @@ def shorten(cmd: str) -> str:
     cmd = re.sub(r"--max-iters \d+", f"--max-iters {FAST_ITERS}", cmd)
     cmd = re.sub(r"--max-positions \d+", f"--max-positions {FAST_POSITIONS}", cmd)
     cmd = re.sub(r"--eval \d+", f"--eval {FAST_EVAL}", cmd)
-    return TRAINS.sub(rf"\1 --eval-iters {FAST_EVAL_ITERS}", cmd)
+    return TRAINS.sub(rf"\1 --eval-iters {FAST_EVAL_ITERS} --dtype float32", cmd)
 
 
 def line_pattern(shown: str, mode: str) -> re.Pattern[str]:
@@ -240,9 +243,21 @@ def check_pictures(text: str, lang: str, run_dir: Path, copy: bool) -> None:
         assert (ROOT / "docs" / "img" / lang / name).is_file(), f"docs/img/{lang}/{name} is not checked in"
 
 
+def warm_builtin_corpus(run_dir: Path) -> None:
+    """Put the built-in corpus where `gptkit train` in `run_dir` looks for it (./checkpoints/.cache)."""
+    from gptkit.data.sources import builtin_corpus
+
+    made = builtin_corpus()  # the machine-wide copy, which inspect --neighbors reads
+    target = run_dir / "checkpoints" / ".cache" / "corpus" / made.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(made, target)
+
+
 @pytest.mark.parametrize("lang", sorted(GUIDES))
 def test_guide_runs_as_written(lang, tmp_path, python_cmd):
     text = GUIDES[lang].read_text(encoding="utf-8")
+    if FAST and re.search(r"^\$ gptkit train --", text, re.M):  # a guide that trains on the built-in corpus
+        warm_builtin_corpus(tmp_path)
     for step in parse_guide(text):
         run_step(step, tmp_path, python_cmd)
     check_pictures(text, lang, tmp_path, copy=not FAST)
@@ -294,6 +309,9 @@ def test_guide_covers_the_transformer_from_six_tokens_to_neighbours(lang):
     six = next(s for s in steps if s.kind == "file")  # the first script: the six tokens, through gptkit's own function
     assert "from gptkit.model import manual_attention" in six.text and "manual_attention(x, x, x" in six.text
     assert "--neighbors" in cmds[-1] and cmds[-1].startswith("gptkit inspect")
+    # the neighbour section reads each block's followers (--json) and the many-position table with its baselines
+    assert any("--neighbors" in c and "--json" in c for c in cmds)
+    assert any(re.search(r"--neighbors --eval \d+", c) for c in cmds)
     for sub in ("tokenize", "train", "sample", "inspect"):
         assert any(c.startswith(f"gptkit {sub}") for c in cmds), f"no `gptkit {sub}` in {GUIDES[lang].name}"
     assert any("--pos-encoding rope" in c for c in cmds) and any("--head" in c for c in cmds)
@@ -402,8 +420,9 @@ def test_parser_and_checker_catch_drift():
     assert [s.kind for s in steps] == ["file", "console", "console", "console"]
     assert steps[0].name == "hello.py" and steps[1].text.count("\n") == 1  # a quote left open continues
     assert steps[1].shown == ["step 2000 | loss 1.81", "…"] and steps[1].mode == "numbers vary"
-    assert shorten(steps[2].text) == "gptkit train --eval-iters 2 --max-iters 4 2>&1 | tail -1"
-    assert shorten("python no_mask.py --max-iters 200") == "python no_mask.py --eval-iters 2 --max-iters 4"
+    assert shorten(steps[2].text) == "gptkit train --eval-iters 2 --dtype float32 --max-iters 4 2>&1 | tail -1"
+    assert shorten("python no_mask.py --max-iters 200") == \
+        "python no_mask.py --eval-iters 2 --dtype float32 --max-iters 4"
     assert steps[3].expect == ["B"]
     assert shorten("gptkit inspect --neighbors --max-positions 20000 --eval 500 --eval-iters 9") == \
         "gptkit inspect --neighbors --max-positions 1000 --eval 20 --eval-iters 9"
