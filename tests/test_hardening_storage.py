@@ -140,7 +140,7 @@ def test_unwritable_checkpoint_folder(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     # a path through a regular file can never be created
     refused(capsys, work, ["train", "tiny.txt", "--checkpoints", "blocker/store"], CKPT,
-            "cannot write to checkpoint folder", "--checkpoints")
+            "cannot write to checkpoint folder", "--store")
     refused(capsys, work, ["train", f"{RUN}/data", "--checkpoints", "blocker/store"], CKPT,
             "cannot write to checkpoint folder")
     refused(capsys, work, ["convert", RUN, "blocker/hf"], CKPT, "cannot create folder", "DST")

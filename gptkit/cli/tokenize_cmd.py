@@ -14,11 +14,11 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from gptkit.cli.app import app, handle_errors
+from gptkit.cli.app import CheckpointRef, Json, Quiet, Store, command, handle_errors
 from gptkit.config import TrainConfig, check_bpe_vocab
 from gptkit.errors import InputError, UsageError
 from gptkit.fsio import check_output_file
@@ -88,7 +88,7 @@ def parse_ids(line: str, where: str) -> list[int]:
     return out
 
 
-def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Path | None,
+def load_tokenizer_for(spec: str | None, checkpoint: str | None, store: Path | None,
                        train_text: str | None, vocab_size: int | None, decoding: bool = False):
     """The tokenizer asked for: a checkpoint's own, a saved JSON file, or a name (char and bpe learn
     from `train_text`)."""
@@ -96,7 +96,7 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
         from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
         from gptkit.tokenizers.stored import tokenizer_from_dict
 
-        return tokenizer_from_dict(read_info(resolve(checkpoint, checkpoints)).meta["tokenizer"])
+        return tokenizer_from_dict(read_info(resolve(checkpoint, store)).meta["tokenizer"])
     from gptkit.tokenizers import resolve_tokenizer
 
     name = spec or TrainConfig.tokenizer
@@ -106,32 +106,48 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
     return resolve_tokenizer(name, train_text, vocab_size)
 
 
-@app.command("tokenize")
+File = Annotated[Optional[Path], typer.Option("--file", metavar="<file>", help="read the text from this file")]
+TokenizerName = Annotated[Optional[str], typer.Option(
+    "--tokenizer", "-t", metavar="<name>", show_default=False,
+    help="char | byte | bpe | gpt2 | r50k_base | cl100k_base | o200k_base | … | a tokenizer .json file "
+         "[default: char]")]
+VocabSize = Annotated[Optional[int], typer.Option("--vocab-size", show_default=False,
+                                                  help="bpe vocabulary size [default: 1024]")]
+TrainFile = Annotated[Optional[Path], typer.Option("--train-file", metavar="<file>", show_default=False,
+                                                   help="text that char and bpe learn from [default: the input text]")]
+SaveTokenizer = Annotated[Optional[Path], typer.Option("--save-tokenizer", metavar="<file>",
+                                                       help="write the tokenizer to this .json")]
+Ids = Annotated[bool, typer.Option("--ids", help="print token ids separated by spaces")]
+Lines = Annotated[bool, typer.Option("--lines", help="with --ids/--json/--count/--decode: one line per input line")]
+Count = Annotated[bool, typer.Option("--count", help="print just the number of tokens")]
+Decode = Annotated[bool, typer.Option("--decode", help="read token ids, print the text they stand for")]
+Compare = Annotated[Optional[str], typer.Option("--compare", metavar="<names>", help="tokenizers to compare side by "
+                                                "side on FILE, e.g. byte,gpt2,bpe")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="<dir>", help="build a dataset folder from "
+                                             "FILE: train.bin, val.bin, meta.json")]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="with --out: the last fraction held out")]
+
+
+@command("tokenize", "See how text becomes tokens; build datasets.")
 def tokenize_command(
     text: Optional[str] = typer.Argument(None, help="text to tokenize (`-` = stdin); the FILE for --out and "
                                          "--compare; ids for --decode", show_default=False),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="read the text from this file"),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t",
-                                            help="char | byte | bpe | gpt2 | r50k_base | cl100k_base | o200k_base "
-                                                 "| … | a tokenizer .json file [default: char]"),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="bpe vocabulary size [default: 1024]"),
-    train_file: Optional[Path] = typer.Option(None, "--train-file",
-                                              help="text that char and bpe learn from [default: the input text]"),
-    save_tokenizer: Optional[Path] = typer.Option(None, "--save-tokenizer", help="write the tokenizer to this .json"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="use a checkpoint's tokenizer (PATH or RUN)"),
-    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
-                                               help="checkpoint store folder [default: ./checkpoints]"),
-    ids: bool = typer.Option(False, "--ids", help="print token ids separated by spaces"),
-    lines: bool = typer.Option(False, "--lines", help="with --ids/--json/--count/--decode: one line per input line"),
-    json_out: bool = typer.Option(False, "--json", help="print ids, pieces (text and bytes) and offsets as JSON"),
-    count: bool = typer.Option(False, "--count", help="print just the number of tokens"),
-    decode: bool = typer.Option(False, "--decode", help="read token ids, print the text they stand for"),
-    compare: Optional[str] = typer.Option(None, "--compare", help="tokenizers to compare side by side on FILE, "
-                                          "e.g. byte,gpt2,bpe"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="build a dataset folder from FILE: train.bin, "
-                                       "val.bin, meta.json"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="with --out: the last fraction held out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    file: File = None,
+    tokenizer: TokenizerName = None,
+    vocab_size: VocabSize = None,
+    train_file: TrainFile = None,
+    save_tokenizer: SaveTokenizer = None,
+    checkpoint: CheckpointRef = None,
+    store: Store = None,
+    ids: Ids = False,
+    lines: Lines = False,
+    json_out: Json = False,
+    count: Count = False,
+    decode: Decode = False,
+    compare: Compare = None,
+    out: Out = None,
+    val_fraction: ValFraction = 0.1,
+    quiet: Quiet = False,
 ) -> None:
     """Show how text becomes tokens; compare tokenizers; build token datasets.
 
@@ -153,25 +169,30 @@ def tokenize_command(
 
             train_text = read_text(train_file)
         if mode == "out":
-            _build(text, file, out, tokenizer, checkpoint, checkpoints, train_text, vocab_size, val_fraction,
+            _build(text, file, out, tokenizer, checkpoint, store, train_text, vocab_size, val_fraction,
                    save_tokenizer, quiet)
-            return
-        source = read_input(text, file, as_path=mode == "compare")
-        if mode == "compare":
-            _compare(source, compare, vocab_size, train_text)
-            return
-        tok = load_tokenizer_for(tokenizer, checkpoint, checkpoints, train_text if mode == "decode" else
-                                 (train_text or source), vocab_size, decoding=mode == "decode")
-        if save_tokenizer is not None:
-            from gptkit.tokenizers.stored import save_tokenizer as save
-
-            save(tok, save_tokenizer)
-        if mode == "decode":
-            _decode(tok, source, lines)
-        elif mode == "view":
-            _view(tok, source)
+        elif mode == "compare":
+            _compare(read_input(text, file, as_path=True), compare, vocab_size, train_text)
         else:
-            _script_output(tok, source, mode, lines)
+            _show(mode, read_input(text, file, as_path=False), tokenizer, checkpoint, store, train_text, vocab_size,
+                  save_tokenizer, lines)
+
+
+def _show(mode: str, source: str, spec: str | None, checkpoint: str | None, store: Path | None,
+          train_text: str | None, vocab_size: int | None, save_tokenizer: Path | None, lines: bool) -> None:
+    """The modes that read one text with one tokenizer: the view, --ids, --json, --count, --decode."""
+    tok = load_tokenizer_for(spec, checkpoint, store, train_text if mode == "decode" else (train_text or source),
+                             vocab_size, decoding=mode == "decode")
+    if save_tokenizer is not None:
+        from gptkit.tokenizers.stored import save_tokenizer as save
+
+        save(tok, save_tokenizer)
+    if mode == "decode":
+        _decode(tok, source, lines)
+    elif mode == "view":
+        _view(tok, source)
+    else:
+        _script_output(tok, source, mode, lines)
 
 
 def _decode(tok, source: str, lines: bool) -> None:
@@ -247,7 +268,7 @@ def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | N
 
 
 def _build(text: str | None, file: Path | None, out: Path, spec: str | None, checkpoint: str | None,
-           checkpoints: Path | None, train_text: str | None, vocab_size: int | None, val_fraction: float,
+           store: Path | None, train_text: str | None, vocab_size: int | None, val_fraction: float,
            save_tokenizer: Path | None, quiet: bool) -> None:
     """--out: stream FILE into a dataset folder, with a progress bar on stderr at a terminal."""
     from gptkit.cli.views import tokenize_view as render
@@ -260,7 +281,7 @@ def _build(text: str | None, file: Path | None, out: Path, spec: str | None, che
     name = spec or TrainConfig.tokenizer
     given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
     if checkpoint is not None or train_text is not None or name not in TOKENIZER_NAMES:
-        given = load_tokenizer_for(spec, checkpoint, checkpoints, train_text, vocab_size)
+        given = load_tokenizer_for(spec, checkpoint, store, train_text, vocab_size)
     tf = open_path(path)
     progress = render.BuildProgress(enabled=not quiet)
     try:

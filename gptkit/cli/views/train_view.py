@@ -55,11 +55,23 @@ def loss_curve(points: list[tuple[int, float]], width: int = 60, height: int = 8
     return rows
 
 
+def settings_line(preset: str | None, default_on: str | None, changed: dict[str, Any]) -> str:
+    """train's first line: the preset a new run starts from (`default_on`: the device that chose it)
+    and every setting that differs from it; for a resumed run (preset None) what this command changes."""
+    pairs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+    if preset is None:
+        return "settings: the resumed run's own" + (f"; changed by this command: {pairs}" if pairs else "")
+    head = f"settings: preset {preset}" + (f" (the default on {default_on})" if default_on else "")
+    return head + (f"; differs: {pairs}" if pairs else ", unchanged")
+
+
 class TrainView:
     """Callback for train(): a rich progress bar on a terminal, one line per eval/step interval otherwise."""
 
-    def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False) -> None:
+    def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False,
+                 first_line: str | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.first_line = first_line  # printed when the run starts: the settings it runs with
         self.log_every = log_every
         self.quiet = quiet
         self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
@@ -95,6 +107,8 @@ class TrainView:
                     self._line(row)
 
     def _start(self, e: dict[str, Any]) -> None:
+        if self.first_line:
+            self._line(self.first_line)
         what = "resuming" if e["resumed"] else "training"
         budget = f"{e['max_iters']} steps" + (f" or {_fmt_time(e['max_time'])}" if e.get("max_time") else "")
         self._line(f"{what} {e['params'] / 1e6:.2f}M parameters on {e['device']} ({e['dtype']}"
