@@ -1,5 +1,5 @@
 """Every bad input, across all commands: one `error:` line naming the fix, a documented exit code, no
-traceback, and no file changed. One test per row of README's "What gptkit does with bad input": here
+traceback, and no file changed. One test per row of docs/errors.md (the table cites each test by name): here
 missing and wrong paths, bad text, bad flags and sizes; damaged checkpoints, unwritable places and a
 full disk in test_hardening_storage.py, which shares this file's folder and helpers.
 

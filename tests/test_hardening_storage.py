@@ -1,7 +1,7 @@
 """Bad input that is about storage, across all commands: damaged checkpoints, places that cannot be
 written, and a full disk. One `error:` line naming the fix, a documented exit code, no traceback, and
-no file changed (a checkpoint that was there before is there byte for byte). The rest of README's
-"What gptkit does with bad input" table, and the helpers both files use, are in test_hardening.py.
+no file changed (a checkpoint that was there before is there byte for byte). The rest of docs/errors.md's
+table, and the helpers both files use, are in test_hardening.py.
 """
 
 from __future__ import annotations
