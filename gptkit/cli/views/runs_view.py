@@ -33,10 +33,11 @@ def _count(n: int | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
+    """m:ss, or h:mm:ss, as train's progress lines write it."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
     s = int(round(seconds))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def cells(run: dict[str, Any]) -> tuple[str, ...]:
