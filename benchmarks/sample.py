@@ -11,16 +11,21 @@ Prints, measured in one run so the ratios hold on a noisy machine:
      dims and weights, greedy, inside one block (GPT-2 cannot go past its positions), best of 3
      interleaved runs; the two greedy texts must agree, which checks the weight mapping;
   4. with --dtype bfloat16, the same model in bf16 against fp32: speed, and how long the greedy
-     texts agree and how far the logits drift.
+     texts agree and how far the logits drift;
+  5. the UTF-8 mask (`sample`'s default for byte-level tokenizers) against no mask, at the baby dims
+     with a 4,096-token BPE trained on tests/data/korean.txt, temperature 1: tokens/s of each, best of
+     --repeat interleaved runs (target: the mask costs at most 5%), and the mask's own per-step
+     operations timed alone against the model's step.
 Random weights: speed does not depend on them.
 
     python benchmarks/sample.py [--new-tokens 500] [--contexts 16,128,240] [--repeat 3] [--threads N]
-                                [--dtype bfloat16] [--compile]
+                                [--dtype bfloat16] [--compile] [--only utf8]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -118,6 +123,52 @@ def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int],
     return ratios
 
 
+def compare_utf8(n: int, repeat: int, vocab_size: int = 4096) -> dict[str, float]:
+    """Tokens/s with and without the UTF-8 mask, same model, prompt and seed, interleaved runs."""
+    from pathlib import Path
+
+    from gptkit.completion import utf8_constraint
+    from gptkit.tokenizers.bpe import train_bpe
+
+    text = (Path(__file__).resolve().parents[1] / "tests" / "data" / "korean.txt").read_text(encoding="utf-8")
+    tok = train_bpe(text, vocab_size)
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(BABY, vocab_size=tok.vocab_size)).eval()
+    use_fastest(model)
+    utf8 = utf8_constraint(tok, model.config.vocab_size)
+    engine, prompt, params = Engine(model), tok.encode("그날 밤, 나는"), SamplingParams(temperature=1.0)
+
+    def run(mask) -> tuple[float, bytes]:
+        t0 = time.perf_counter()
+        ids = [int(s.ids[0]) for s in engine.generate(prompt, n, params, seed=0, utf8=mask)]
+        return n / (time.perf_counter() - t0), tok.decode_bytes(ids)
+
+    run(utf8), run(None)  # warm up
+    runs: dict[str, list[float]] = {"mask": [], "none": []}
+    broken = {}
+    for _ in range(repeat):
+        for name, mask in (("mask", utf8), ("none", None)):
+            tps, data = run(mask)
+            runs[name].append(tps)
+            broken[name] = data.decode("utf-8", errors="replace").count("\ufffd")
+    states, ids = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    logits = torch.randn(1, model.config.vocab_size)
+    t0 = time.perf_counter()
+    for _ in range(2000):  # the mask's own work in a step: row lookup, masked fill, state advance
+        logits.masked_fill(utf8.blocked(states), float("-inf"))
+        states = utf8.advance(states, ids)
+    mask_ms = (time.perf_counter() - t0) / 2
+    best_m, best_n = max(runs["mask"]), max(runs["none"])
+    print(f"\nUTF-8 mask, baby dims with a {tok.vocab_size}-token Korean BPE, {n} tokens at temperature 1, "
+          f"best of {repeat} interleaved runs:")
+    print(f"  masked {best_m:7.1f} tokens/s | unmasked {best_n:7.1f} tokens/s | ratio {best_m / best_n:.3f} "
+          f"(every run: {' '.join(f'{a:.0f}/{b:.0f}' for a, b in zip(runs['mask'], runs['none'], strict=True))})")
+    print(f"  the mask's operations alone: {mask_ms * 1000:.1f} us a step, {100 * mask_ms / 1000 * best_n:.1f}% of "
+          f"an unmasked step | U+FFFD in the last text: masked {broken['mask']}, unmasked {broken['none']}")
+    return {"utf8 mask x unmasked": round(best_m / best_n, 3), "utf8 mask tok/s": round(best_m, 1),
+            "utf8 mask us/step": round(mask_ms * 1000, 1)}
+
+
 def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[int], list[torch.Tensor]]) -> None:
     tps32, ids32, logits32 = fp32
     half = GPT(model.config).eval()
@@ -140,6 +191,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per prompt length; the best counts")
     ap.add_argument("--record", action="store_true", help="append the figures to benchmarks/results.jsonl")
+    ap.add_argument("--only", choices=("utf8",), help="run only this comparison (utf8: the UTF-8 mask)")
     ap.add_argument("--cpu-split", choices=("auto", "off"), default="auto",
                     help="auto: what `gptkit sample` does on a CPU (split_linear.use_fastest); off: nn.Linear")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
@@ -148,6 +200,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.only == "utf8":
+        figures = compare_utf8(args.new_tokens, args.repeat)
+        if args.record:
+            from results import record
+
+            record(f"sample.py --only utf8 (baby dims, 4096-token BPE, {args.new_tokens} tokens)", figures)
+        return
     model = GPT(BABY).eval()
     plan, saving = use_fastest(model) if args.cpu_split == "auto" else ("off", 0.0)
     n, contexts = args.new_tokens, [int(c) for c in args.contexts.split(",")]
@@ -196,6 +255,7 @@ def main() -> None:
         figures["same text as transformers"] = hf["cache"][2]
     if args.dtype == "bfloat16":
         compare_bf16(model, [i % BABY.vocab_size for i in range(contexts[0])], n, first)
+    figures.update(compare_utf8(n, args.repeat))
     if args.record:
         from results import record
 

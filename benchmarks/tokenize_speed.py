@@ -81,7 +81,7 @@ def main() -> None:
                "-t", args.tokenizer, "-q"]
 
         from gptkit.data.build import build_dataset
-        from gptkit.data.chunks import open_path
+        from gptkit.data.sources import list_inputs
         from gptkit.tokenizers import build_tokenizer
 
         ours_s = base_s = inproc_s = float("inf")
@@ -111,7 +111,7 @@ def main() -> None:
 
             tok = tok or build_tokenizer(args.tokenizer)  # the builder alone: no interpreter start, tokenizer loaded
             t0 = time.perf_counter()
-            build_dataset(open_path(path), Path(tmp) / "ds-inproc", tokenizer=tok)
+            build_dataset(list_inputs([str(path)]), Path(tmp) / "ds-inproc", tokenizer=tok)
             inproc_s = min(inproc_s, time.perf_counter() - t0)
             shutil.rmtree(Path(tmp) / "ds-inproc")
 

@@ -6,13 +6,15 @@
    250 steps on 20 batches); then gptkit's default CPU settings get the same wall time.
    quality_ratio = baseline time to reach gptkit's final val loss / gptkit's time. On a CPU the
    defaults are the `quick` preset: tiny's shape with rotary positions, Muon, batch 32, lr 3e-3.
-2. throughput on the `baby` dims (6 layers, 6 heads, 384 dims, block 256, batch 64): tokens/s and
-   peak RSS, each in a fresh process. Baseline = nanoGPT's way on CPU: fp32, dropout 0.2 applied to
-   the attention probabilities (which forces the T×T attention path), one 64-sequence batch, the
-   per-parameter AdamW loop. gptkit: 4 micro-batches of 16 (the same gradient), fused SDPA and AdamW.
+2. throughput, the `baby` preset as a user runs it: `gptkit train tinyshakespeare.txt --preset baby`
+   in a child process, no other flag, stopped with Ctrl-C (SIGINT: it finishes its step, evaluates,
+   saves and exits) after --seconds; tokens/s = the checkpoint's tokens seen / its training time, and
+   the child's own peak RSS. Baseline = nanoGPT's way on the same config, in a child process for the
+   same wall time: fp32, dropout 0.2 on the attention probabilities (which forces the T×T attention
+   path), one 64-sequence batch a step, the per-parameter AdamW loop. Targets: >= 1.5x, <= 2 GiB.
 
-    python benchmarks/train.py                 # both (about 5 minutes on 2 cores)
-    python benchmarks/train.py --only quality  # or: --only throughput
+    python benchmarks/train.py                 # both (about 6 minutes on 2 cores)
+    python benchmarks/train.py --only quality  # or: --only throughput [--seconds 90] [--record]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,85 +101,112 @@ def textbook_attention(self, x, rope=None, kv_cache=None, input_pos=None):
     return self.merge(manual_attention(q, k, v)[0])
 
 
-def throughput_child(kind: str, steps: int) -> None:
-    """Runs in a fresh process so its peak RSS is its own. Prints one JSON line."""
+def baseline_child(seconds: float) -> None:
+    """nanoGPT's way at the `baby` config, in a fresh process; steps until `seconds` have passed, the
+    first one included (as in gptkit's count). Prints one JSON line."""
     import numpy as np
     import torch
 
-    from gptkit import runtime
     from gptkit.config import resolve_config
     from gptkit.data.dataset import get_batch
     from gptkit.model import GPT
-    from gptkit.optim import adamw_groups, make_optimizer
+    from gptkit.optim import adamw_groups
 
-    mc, tc = resolve_config("baby", None, {"vocab_size": None})
+    mc, tc = resolve_config("baby", None, {})
     mc.vocab_size = 65
-    device = torch.device("cpu")
     torch.manual_seed(0)
     model = GPT(mc)
-    if kind == "baseline":
-        dtype, micro, accum = torch.float32, 64, 1
-        for block in model.transformer.h:  # the T×T path nanoGPT falls onto on CPU with dropout > 0
-            block.attn.forward = types.MethodType(textbook_attention, block.attn)
-    else:
-        # gptkit on CPU: the same 64 sequences per step as 4 micro-batches of 16 (--batch-size 16
-        # --grad-accum 4: the same gradient, a quarter of the activation memory), fused SDPA, fused AdamW
-        dtype, micro, accum = runtime.pick_dtype(tc.dtype, device), 16, 4
-    assert micro * accum == 64, "the benchmark compares 64 sequences per optimizer step"
+    for block in model.transformer.h:  # the T×T path nanoGPT falls onto on CPU with dropout > 0
+        block.attn.forward = types.MethodType(textbook_attention, block.attn)
     model.train()
-    opt = make_optimizer(model, tc, device) if kind == "gptkit" else torch.optim.AdamW(
-        adamw_groups(list(model.parameters()), tc.weight_decay), lr=tc.learning_rate,
-        betas=(tc.beta1, tc.beta2))  # nanoGPT: unfused on CPU
-    data = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
+    opt = torch.optim.AdamW(adamw_groups(list(model.parameters()), tc.weight_decay), lr=tc.learning_rate,
+                            betas=(tc.beta1, tc.beta2))  # nanoGPT: unfused on CPU
+    data = np.frombuffer(DATA.read_bytes(), dtype=np.uint8) % 65  # text-like ids; the speed is what counts
     rng = np.random.default_rng(0)
-
-    def step() -> None:
-        for _ in range(accum):
-            x, y = get_batch(data, micro, mc.block_size, rng)
-            with runtime.autocast(device, dtype):
-                _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
-            (loss / accum).backward()
+    batch = tc.tokens_per_step // mc.block_size  # 64 sequences, one batch
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x, y = get_batch(data, batch, mc.block_size, rng)
+        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-
-    step()  # warm up
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    dt = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"tokens_per_sec": steps * micro * accum * mc.block_size / dt, "rss": rss,
-                      "dtype": str(dtype), "micro_batch": micro}))
+        steps += 1
+    print(json.dumps({"tokens_per_sec": steps * batch * mc.block_size / (time.perf_counter() - t0), "steps": steps}))
 
 
-def throughput(steps: int) -> None:
-    print("throughput: baby dims (6/6/384, block 256, batch 64), vocab 65, CPU", flush=True)
-    results = {}
-    for kind in ("baseline", "gptkit"):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
-                             capture_output=True, text=True, check=True)
-        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = results[kind]
-        print(f"  {kind:8s}: {r['tokens_per_sec']:8.0f} tokens/s, peak RSS {r['rss'] / 2**30:.2f} GiB "
-              f"({r['dtype']}, micro-batch {r['micro_batch']})", flush=True)
-    b, g = results["baseline"], results["gptkit"]
-    print(f"throughput_ratio = {g['tokens_per_sec'] / b['tokens_per_sec']:.2f}  (target >= 1.5)")
-    print(f"rss_ratio = {g['rss'] / b['rss']:.2f}  (gptkit peak RSS {g['rss'] / 2**30:.2f} GiB; target <= 2 GiB)")
+def run_child(cmd: list[str], seconds: float | None, store: Path) -> tuple[int, dict]:
+    """Run `cmd`; with `seconds`, press Ctrl-C once the run has trained that long. Returns (exit code,
+    the child's rusage as a dict)."""
+    out_path, err_path = store / "child.out", store / "child.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:  # files: a full pipe cannot stall the child
+        proc = subprocess.Popen(cmd, cwd=store, stdout=out, stderr=err, env={**os.environ, "NO_COLOR": "1"})
+    deadline, pressed = None, False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # this child's own peak RSS, not the largest so far
+        if pid:
+            break
+        if seconds is not None and deadline is None and (store / "r" / "data" / "meta.json").exists():
+            deadline = time.time() + seconds + 5  # ~5 s of set-up after the data is built
+        if deadline is not None and not pressed and time.time() > deadline:
+            proc.send_signal(signal.SIGINT)
+            pressed = True
+        time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, {"rss": usage.ru_maxrss * 1024, "stdout": out_path.read_text(),
+                             "stderr": err_path.read_text()}
+
+
+def throughput(seconds: float, record: bool) -> None:
+    print(f"throughput: the baby preset as shipped (6/6/384, block 256, 16,384 tokens a step), CPU, {seconds:.0f} s",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp)
+        code, base = run_child([sys.executable, __file__, "--child", "baseline", "--seconds", str(seconds)], None,
+                               store)
+        assert code == 0, base["stderr"][-2000:]
+        b = json.loads(base["stdout"].strip().splitlines()[-1])
+        print(f"  nanoGPT's way: {b['tokens_per_sec']:8.0f} tokens/s, peak RSS {base['rss'] / 2**30:.2f} GiB "
+              f"({b['steps']} steps)", flush=True)
+        cmd = [sys.executable, "-m", "gptkit", "train", str(DATA), "--preset", "baby", "--run", "r",
+               "--store", str(store)]
+        code, ours = run_child(cmd, seconds, store)
+        assert code in (0, 130), ours["stderr"][-2000:]
+        from gptkit.checkpoint import LAST, read_info
+
+        state = read_info(store / "r" / LAST).state
+        start = json.loads((store / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    tps = state["tokens_seen"] / state["elapsed"]
+    print(f"  gptkit train --preset baby: {tps:8.0f} tokens/s, peak RSS {ours['rss'] / 2**30:.2f} GiB "
+          f"({state['step']} steps of {start['grad_accum']} x {start['batch_size']} sequences, {start['dtype']}"
+          f"{', ' + start['dtype_note'] if start.get('dtype_note') else ''})", flush=True)
+    ratio, rss = tps / b["tokens_per_sec"], ours["rss"] / 2**30
+    print(f"throughput_ratio = {ratio:.2f}  (target >= 1.5)")
+    print(f"peak RSS = {rss:.2f} GiB, nanoGPT's way {base['rss'] / 2**30:.2f} GiB  (target <= 2 GiB)")
+    if record:
+        from results import record as append
+
+        append("train.py --only throughput (the baby preset as shipped, CPU)",
+               {"gptkit tok/s": round(tps), "nanoGPT tok/s": round(b["tokens_per_sec"]), "ratio": round(ratio, 2),
+                "gptkit RSS GiB": round(rss, 2), "nanoGPT RSS GiB": round(base["rss"] / 2**30, 2),
+                "micro-batch": f"{start['grad_accum']}x{start['batch_size']}", "dtype": start["dtype"]},
+               note=f"{seconds:.0f} s each")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["quality", "throughput"])
-    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per throughput run")
-    ap.add_argument("--child", choices=["baseline", "gptkit"], help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=90, help="training time of each throughput run")
+    ap.add_argument("--record", action="store_true", help="append the throughput figures to benchmarks/results.jsonl")
+    ap.add_argument("--child", choices=["baseline"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        throughput_child(args.child, args.steps)
+        baseline_child(args.seconds)
         return
     print(f"machine: {os.cpu_count()} CPU cores, torch threads as default", flush=True)
     if args.only in (None, "throughput"):
-        throughput(args.steps)
+        throughput(args.seconds, args.record)
     if args.only in (None, "quality"):
         with tempfile.TemporaryDirectory() as tmp:
             quality(Path(tmp))

@@ -61,14 +61,17 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """AdamW moments keyed by parameter *name*, so a resumed run never depends on parameter order."""
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    rows = {k: v.shape[0] for k, v in unwrap(model).state_dict().items() if v.dim()}  # without the vocabulary's padding
     import torch
 
     out: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
+            name = names[id(p)]
             for key, value in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value):
-                    out[f"optim.{names[id(p)]}.{key}"] = value.detach().contiguous()
+                    value = value[:rows[name]] if value.dim() and name in rows else value
+                    out[f"optim.{name}.{key}"] = value.detach().contiguous()
     return out
 
 

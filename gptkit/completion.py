@@ -16,9 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from gptkit.errors import TokenizerError
 from gptkit.generate import Engine, row_seed
-from gptkit.sampling import SamplingParams
+from gptkit.sampling import SamplingParams, Utf8Constraint
 from gptkit.tokenizers.core import Tokenizer
+
+BYTE_LEVEL = ("byte", "bpe", "tiktoken")  # tokenizer kinds whose tokens are bytes, not characters
 
 
 class TextStream:
@@ -99,10 +102,12 @@ class Result:
 
 def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequence[int], max_new_tokens: int,
              params: SamplingParams, seed: int | None = None, stops: Sequence[str] = (),
-             eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None) -> Result:
+             eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None,
+             utf8: Utf8Constraint | None = None) -> Result:
     """Sample `engine.num_samples` continuations of one prompt; stop when every sample has finished.
 
     on_text(sample index, text) is called as each piece of a sample's text becomes final.
+    utf8 (`utf8_constraint`): sample only tokens that keep each sample's bytes valid UTF-8.
     """
     seed = secrets.randbits(63) if seed is None else seed  # drawn here, so each sample can report its own
     samples = [Sample(i, row_seed(seed, i)) for i in range(engine.num_samples)]
@@ -110,10 +115,10 @@ def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequ
     live = set(range(len(samples)))
     result = Result(prompt, len(prompt_ids), samples)
     t0 = time.perf_counter()
-    for step in engine.generate(prompt_ids, max_new_tokens, params, seed):
-        if result.first_token_seconds is None:
+    for step in engine.generate(prompt_ids, max_new_tokens, params, seed, utf8):
+        ids, logprobs = step.ids.tolist(), step.logprobs.tolist()  # the one wait for the device per token
+        if result.first_token_seconds is None:  # stamped once the token is on the host, not when it was queued
             result.first_token_seconds = time.perf_counter() - t0
-        ids, logprobs = step.ids.tolist(), step.logprobs.tolist()
         for r in sorted(live):
             samples[r].token_ids.append(ids[r])
             samples[r].logprobs.append(logprobs[r])
@@ -132,6 +137,21 @@ def complete(engine: Engine, tokenizer: Tokenizer, prompt: str, prompt_ids: Sequ
         sample.text = streams[r].text
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def utf8_constraint(tokenizer: Tokenizer, vocab_size: int) -> Utf8Constraint | None:
+    """The UTF-8 mask for a byte-level tokenizer over the model's `vocab_size` ids (None for a char
+    tokenizer, whose every token is whole characters). Ids the tokenizer lacks are never sampled."""
+    if tokenizer.kind not in BYTE_LEVEL:
+        return None
+
+    def piece(i: int) -> bytes | None:
+        try:
+            return tokenizer.token_bytes(i) if i < tokenizer.vocab_size else None
+        except TokenizerError:  # a hole between a named encoding's ranks and its special tokens
+            return None
+
+    return Utf8Constraint([piece(i) for i in range(vocab_size)])
 
 
 def _emit(on_text: Callable[[int, str], None] | None, row: int, text: str) -> None:

@@ -49,6 +49,13 @@ def mlp_hidden(cfg: ModelConfig) -> int:
     return 8 * ((8 * cfg.n_embd // 3 + 7) // 8) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
 
 
+def padded_vocab(vocab_size: int) -> int:
+    """Rows of the model's embedding and output matrices: the vocabulary rounded up to a multiple of
+    64, so the logits GEMM keeps tensor-core-aligned strides (nanoGPT's 50304 for GPT-2's 50257). The
+    extra rows are zero; the model's logits and state dict show the real vocabulary only."""
+    return -(-vocab_size // 64) * 64
+
+
 def approx_params(cfg: ModelConfig) -> int:
     """Parameters of a GPT with this config, from the shapes alone (biases and norms ignored)."""
     C = cfg.n_embd
@@ -64,10 +71,12 @@ class TrainConfig:
     tokenizer: str = _f("char", "char | byte | bpe | a tiktoken encoding name (gpt2, cl100k_base, ...)")
     vocab_size: int | None = _f(None, "target vocabulary for `bpe` (default 1024)")
     val_fraction: float = _f(0.1, "the last fraction of the text held out for validation")
-    batch_size: int = _f(12, "sequences per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step (same gradient as one bigger batch)")
-    tokens_per_step: int | None = _f(None, "target tokens per optimizer step; sets grad_accum from batch size, "
-                                           "block size and processes (unset: grad_accum as given)")
+    batch_size: int | None = _f(None, "sequences per micro-batch (default: as many as the device holds well; the "
+                                      "tokens per step stay)")
+    grad_accum: int | None = _f(None, "micro-batches per optimizer step in each process (default: as many as the "
+                                      "tokens per step need; same gradient as one bigger batch)")
+    tokens_per_step: int | None = _f(None, "tokens per optimizer step over all processes; micro-batches are "
+                                           "split to reach it (presets set it)")
     max_iters: int = _f(2000, "optimizer steps to run")
     max_time: float | None = _f(None, "wall-clock budget in seconds (flag accepts 90s, 10m, 1h30m; unset: none)")
     learning_rate: float = _f(1e-3, "peak learning rate after warmup")
@@ -82,6 +91,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     eval_interval: int = _f(250, "steps between validation evaluations and checkpoints")
     eval_iters: int = _f(50, "batches averaged per validation estimate")
+    log_interval: int | None = _f(None, "steps between reads of the loss and gradient norm from the device, each "
+                                        "a wait for it (default: 1 on CPU, where nothing runs ahead; else 10)")
     seed: int = _f(1337, "seed for weights, batch order and dropout")
     device: str = _f("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
     dtype: str = _f("auto", "auto | float32 | bfloat16 | float16 (autocast; master weights stay fp32)")
@@ -100,31 +111,33 @@ class SampleConfig:
 
 
 # Presets set model shape and the training settings that go with it. Values not named keep the
-# dataclass defaults. `tiny` is nanoGPT's CPU recipe; `baby` is nanoGPT's shakespeare-char model.
+# dataclass defaults. Each states its tokens per optimizer step, however many processes share it and
+# however the micro-batches are cut to fit the device (`train.batch_plan`). `tiny` is nanoGPT's CPU
+# recipe; `baby` is nanoGPT's shakespeare-char model; `gpt2` nanoGPT's GPT-2 124M (12 x 40 x 1024).
 # `quick` is tiny's shape tuned for the best validation loss in a few CPU minutes (benchmarks/train.py):
 # rotary positions, Muon, a larger batch that pays for Muon's per-step cost, and a higher LR.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pos_encoding="rope"),
-        "train": dict(batch_size=32, optimizer="muon", learning_rate=3e-3, min_lr=3e-4, muon_lr=0.02,
+        "train": dict(tokens_per_step=32 * 64, optimizer="muon", learning_rate=3e-3, min_lr=3e-4, muon_lr=0.02,
                       max_iters=1000, warmup_iters=50, eval_interval=200, eval_iters=20),
     },
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
-        "train": dict(batch_size=12, learning_rate=1e-3, max_iters=2000, warmup_iters=100),
+        "train": dict(tokens_per_step=12 * 64, learning_rate=1e-3, max_iters=2000, warmup_iters=100),
     },
     "small": {
         "model": dict(n_layer=6, n_head=6, n_embd=192, block_size=128),
-        "train": dict(batch_size=32, learning_rate=1e-3, max_iters=3000, warmup_iters=100),
+        "train": dict(tokens_per_step=32 * 128, learning_rate=1e-3, max_iters=3000, warmup_iters=100),
     },
     "baby": {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
-        "train": dict(batch_size=64, learning_rate=1e-3, max_iters=5000, warmup_iters=100),
+        "train": dict(tokens_per_step=64 * 256, learning_rate=1e-3, max_iters=5000, warmup_iters=100),
     },
     "gpt2": {
         "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
         "train": dict(
-            tokenizer="gpt2", batch_size=12, grad_accum=40, learning_rate=6e-4, min_lr=6e-5,
+            tokenizer="gpt2", tokens_per_step=12 * 40 * 1024, learning_rate=6e-4, min_lr=6e-5,
             max_iters=600000, warmup_iters=2000, weight_decay=0.1, beta2=0.95,
         ),
     },
@@ -235,6 +248,9 @@ def resolve_config(
     train: dict[str, Any] = {}
     _apply(model, train, PRESETS[name]["model"])
     _apply(model, train, PRESETS[name]["train"])
+    mine = {k for k, v in {**file_values, **overrides}.items() if v is not None}
+    if {"batch_size", "grad_accum"} <= mine and "tokens_per_step" not in mine:
+        train.pop("tokens_per_step", None)  # both given: they define the step, not the preset's tokens per step
     _apply(model, train, file_values)
     _apply(model, train, overrides)
     if "max_time" in train and train["max_time"] is not None:
@@ -290,9 +306,9 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     need(0.0 <= mc.dropout < 1.0, f"--dropout must be in [0, 1), got {mc.dropout}")
     need(tc.tokens_per_step is None or tc.tokens_per_step > 0, f"--tokens-per-step must be positive, got {tc.tokens_per_step}")
     need(tc.sample_every >= 0, f"--sample-every must be 0 (off) or more, got {tc.sample_every}")
-    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
+    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
         v = getattr(tc, name)
-        need(v > 0, f"--{name.replace('_', '-')} must be positive, got {v}")
+        need(v is None or v > 0, f"--{name.replace('_', '-')} must be positive, got {v}")
     need(tc.warmup_iters >= 0, f"--warmup-iters must be 0 or more, got {tc.warmup_iters}")
     need(0.0 < tc.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {tc.val_fraction}")
     need(tc.learning_rate > 0, f"--learning-rate must be positive, got {tc.learning_rate}")

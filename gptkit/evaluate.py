@@ -20,8 +20,11 @@ EVAL_SEED_OFFSET = 7919  # evaluation batches draw from their own stream, never 
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, ds: TokenDataset, mc: ModelConfig, tc: TrainConfig,
-                  device: torch.device, dtype: torch.dtype, dist_info: runtime.DistInfo) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches of each split, averaged over ranks under DDP."""
+                  device: torch.device, dtype: torch.dtype, dist_info: runtime.DistInfo,
+                  batch_size: int | None = None) -> dict[str, float]:
+    """Mean loss over `eval_iters` batches of `batch_size` (default the run's) of each split, averaged
+    over ranks under DDP."""
+    batch_size = batch_size or tc.batch_size or 12
     was_training = model.training
     model.eval()
     shard = (dist_info.rank, dist_info.world_size)
@@ -30,9 +33,9 @@ def estimate_loss(model: torch.nn.Module, ds: TokenDataset, mc: ModelConfig, tc:
         rng = np.random.default_rng(tc.seed + EVAL_SEED_OFFSET)
         total = torch.zeros((), device=device)
         for _ in range(tc.eval_iters):
-            x, y = get_batch(arr, tc.batch_size, mc.block_size, rng, shard)
-            with runtime.autocast(device, dtype), runtime.sdpa_context(device):
-                _, loss = model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+            x, y = get_batch(arr, batch_size, mc.block_size, rng, shard)
+            with runtime.autocast(device, dtype):
+                _, loss = model(runtime.to_device(x, device), runtime.to_device(y, device))
             total += loss.detach().float()  # summed on the device: one sync per split, not per batch
         out[split] = runtime.all_reduce_mean(total.item() / tc.eval_iters, dist_info, device)
     model.train(was_training)
@@ -51,5 +54,10 @@ def sample_text(model: torch.nn.Module, ds: TokenDataset, max_new_tokens: int = 
 
     tok = ds.tokenizer
     prompt = [int(t) for t in ds.val[: min(8, len(ds.val))]]
-    ids = list(generate(model, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed))
+    was_training = model.training
+    model.eval()  # no dropout: the sample shows the model as `gptkit sample` will run it
+    try:
+        ids = list(generate(model, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed))
+    finally:
+        model.train(was_training)
     return tok.decode(prompt + ids)

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from gptkit.model import GPT, KVCache
-from gptkit.sampling import SamplingParams, sample_next_token
+from gptkit.sampling import (
+    NEG_INF,
+    SamplingParams,
+    Utf8Constraint,
+    apply_repetition_penalty,
+    filter_logits,
+    sample_next_token,
+)
 
 
 @dataclass
@@ -58,14 +65,40 @@ def decode_one_token(model: GPT, idx: torch.Tensor, cache: KVCache, input_pos: t
     for block in model.transformer.h:
         x = x + block.attn.forward(block.ln_1.forward(x), rope, cache, input_pos)
         x = x + block.mlp.forward(block.ln_2.forward(x))
-    return model.lm_head(model.transformer.ln_f(x[:, -1]))
+    return model.head(x[:, -1])
 
 
-def compile_decode(model: GPT) -> Callable[[GPT, torch.Tensor, KVCache, torch.Tensor], torch.Tensor]:
-    """`decode_one_token` compiled for one fixed shape (a step: (B, 1) ids at a (1,) position tensor):
+def sample_with_noise(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None,
+                      noise: torch.Tensor, blocked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_next_token`'s choice made without a generator, so it compiles into the decode step:
+    argmax of p / E with E ~ Exp(1) drawn ahead into `noise` (B, V) picks token i with probability p_i
+    (the exponential race, as gpt-fast). Same filters, same log-probabilities; another draw than
+    torch.multinomial's from the same seed."""
+    raw = logits.float()
+    shaped = raw if seen is None else apply_repetition_penalty(raw, seen, params.repetition_penalty)
+    if blocked is not None:
+        shaped = shaped.masked_fill(blocked, NEG_INF)
+    if params.temperature == 0:
+        ids = shaped.argmax(dim=-1)
+    else:
+        ids = (torch.softmax(filter_logits(shaped, params), dim=-1) / noise).argmax(dim=-1)
+    return ids, torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+
+
+def decode_and_sample(model: GPT, idx: torch.Tensor, cache: KVCache, input_pos: torch.Tensor, noise: torch.Tensor,
+                      seen: torch.Tensor | None, params: SamplingParams, blocked: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step and its token choice: (B, 1) ids at input_pos (1,) -> (next ids, their
+    log-probabilities, the logits). Compiled whole, a token costs no host sync but reading it."""
+    logits = decode_one_token(model, idx, cache, input_pos)
+    return (*sample_with_noise(logits, params, seen, noise, blocked), logits)
+
+
+def compile_decode(model: GPT) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`decode_and_sample` compiled for one fixed shape (a step: (B, 1) ids at a (1,) position tensor):
     CUDA graphs on a GPU (mode="reduce-overhead"), inductor on CPU."""
     mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else None
-    return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False)
+    return torch.compile(decode_and_sample, mode=mode, fullgraph=True, dynamic=False)
 
 
 class Engine:
@@ -85,14 +118,21 @@ class Engine:
         self.keep = max(1, min(self.block_size, keep or self.block_size // 2))
         self.cache = KVCache(model.config, num_samples, device=p.device, dtype=p.dtype) if use_cache else None
         self.step_pos = torch.zeros(1, dtype=torch.long, device=p.device)  # a step's position, filled in place
-        self.decode = compile_decode(model) if compile_step and use_cache else decode_one_token
-        if self.compiled and p.device.type == "cuda":  # CUDA graphs replay fixed addresses: say these stay put
-            for t in (*self.cache.k, *self.cache.v, self.cache.slots, self.step_pos):
-                torch._dynamo.mark_static_address(t)
+        self.compiled_step = compile_decode(model) if compile_step and use_cache else None
+        if self.compiled:  # the compiled step's other inputs, filled in place: ids, race noise, seen tokens
+            V = model.config.vocab_size
+            self.step_ids = torch.zeros(num_samples, 1, dtype=torch.long, device=p.device)
+            self.noise = torch.ones(num_samples, V, device=p.device)
+            self.seen = torch.zeros(num_samples, V, dtype=torch.bool, device=p.device)
+            self.blocked = torch.zeros(num_samples, V, dtype=torch.bool, device=p.device)  # the UTF-8 mask
+            if p.device.type == "cuda":  # CUDA graphs replay fixed addresses: say these stay put
+                for t in (*self.cache.k, *self.cache.v, self.cache.slots, self.step_pos, self.step_ids, self.noise,
+                          self.seen, self.blocked):
+                    torch._dynamo.mark_static_address(t)
 
     @property
     def compiled(self) -> bool:
-        return self.decode is not decode_one_token
+        return self.compiled_step is not None
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """(1 or B, T) ids from position 0 -> last logits (B or 1, V); fills the cache (every row)."""
@@ -101,21 +141,58 @@ class Engine:
         return decode_one_token(self.model, ids, self.cache, torch.arange(ids.size(1), device=self.device))
 
     def step(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
-        """One new token per row, ids (B,) at position `pos` of the window -> logits (B, V)."""
+        """One new token per row, ids (B,) at position `pos` of the window -> logits (B, V) (eager)."""
         self.step_pos.fill_(pos)
-        logits = self.decode(self.model, ids[:, None], self.cache, self.step_pos)
-        return logits.clone() if self.compiled else logits  # CUDA graphs reuse their output buffer
+        return decode_one_token(self.model, ids[:, None], self.cache, self.step_pos)
 
-    def _next_logits(self, hist: torch.Tensor, start: int, new_start: int, n: int) -> torch.Tensor:
-        """Logits for position n, given the sequences hist[:, :n] (B, n) and the window's start."""
-        if self.cache is None or new_start != start:  # no cache, or the window moved: positions restart at 0
-            return self.prefill(hist[:, new_start:n])
-        return self.step(hist[:, n - 1], n - 1 - start)
+    def draw(self, logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None,
+             generators: Sequence[torch.Generator], blocked: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ids and their log-probabilities from logits (B, V): eager's multinomial, or the
+        compiled step's exponential race (so a compiled job draws every token the same way)."""
+        if not self.compiled:
+            return sample_next_token(logits, params, seen, generators, blocked)
+        return sample_with_noise(logits, params, seen, self.race_noise(params, generators), blocked)
+
+    def race_noise(self, params: SamplingParams, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if params.temperature != 0:  # each row from its own generator: a row's text is its seed's alone
+            for row, g in zip(self.noise, generators, strict=True):
+                row.exponential_(generator=g)
+        return self.noise
+
+    def compiled_next(self, ids: torch.Tensor, pos: int, params: SamplingParams, seen: torch.Tensor | None,
+                      generators: Sequence[torch.Generator], blocked: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The compiled step: ids (B,) at `pos` -> (next ids, log-probabilities, logits), copied out of
+        the CUDA graph's buffers, which its next replay overwrites."""
+        self.step_pos.fill_(pos)
+        self.step_ids.copy_(ids[:, None])
+        noise = self.race_noise(params, generators)
+        if blocked is not None:
+            blocked = self.blocked.copy_(blocked)
+        out = self.compiled_step(self.model, self.step_ids, self.cache, self.step_pos, noise, seen, params, blocked)
+        return tuple(t.clone() for t in out)
+
+    def warm_up(self, params: SamplingParams, utf8: bool = False) -> None:
+        """Compile (and record the CUDA graph of) the decode step before anything is timed: the first
+        calls compile, the next record. The cache slots they write are overwritten by the next prefill."""
+        if not self.compiled:
+            return
+        ids = torch.zeros(self.num_samples, dtype=torch.long, device=self.device)
+        gens = [torch.Generator(device=self.device).manual_seed(r) for r in range(self.num_samples)]
+        seen = self.seen if params.repetition_penalty != 1.0 else None
+        blocked = self.blocked.zero_() if utf8 else None  # with or without the mask: the graph the job replays
+        with torch.inference_mode():
+            for pos in range(min(3, self.block_size)):
+                self.compiled_next(ids, pos, params, seen, gens, blocked)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams | None = None,
-                 seed: int | None = None) -> Iterator[Step]:
+                 seed: int | None = None, utf8: Utf8Constraint | None = None) -> Iterator[Step]:
         """Yield `max_new_tokens` steps continuing prompt_ids in every row; stop iterating to stop early.
+
+        `utf8`: choose only tokens whose bytes continue valid UTF-8, each row from its own decoder
+        state (the state lives here, not in the cache, so window restarts leave it alone).
 
         Row r samples from its own random stream, seeded `row_seed(seed, r)`: with the same seed a
         row's tokens are those of a one-row run seeded `row_seed(seed, r)` (to the logits' last
@@ -134,23 +211,39 @@ class Engine:
         hist[:, :P] = prompt
         seen = None
         if params.repetition_penalty != 1.0:
-            seen = torch.zeros(B, V, dtype=torch.bool, device=self.device)
+            seen = self.seen.zero_() if self.compiled else torch.zeros(B, V, dtype=torch.bool, device=self.device)
             seen[:, prompt] = True
         start = max(0, P - self.block_size)
         # the prompt is the same in every row: run it once (batch 1), share its logits and cache
         logits = self.prefill(prompt[None, start:]).expand(B, V)
+        states = None
+        if utf8 is not None:
+            utf8 = utf8.to(self.device)
+            states = torch.full((B,), utf8.state_after(prompt_ids), dtype=torch.long, device=self.device)
+        ids, logprobs = self.draw(logits, params, seen, generators, None if utf8 is None else utf8.blocked(states))
         n = P
         for i in range(max_new_tokens):
-            ids, logprobs = sample_next_token(logits, params, seen, generators)
+            if utf8 is not None:
+                states = utf8.advance(states, ids)
             hist[:, n] = ids
             n += 1
             if seen is not None:
                 seen.scatter_(1, ids[:, None], True)
             yield Step(ids, logprobs, logits)
-            if i + 1 < max_new_tokens:
-                new_start = window_start(start, n, self.block_size, self.keep)
-                logits = self._next_logits(hist, start, new_start, n)
-                start = new_start
+            if i + 1 == max_new_tokens:
+                break
+            blocked = None if utf8 is None else utf8.blocked(states)
+            new_start = window_start(start, n, self.block_size, self.keep)
+            if self.cache is None or new_start != start:  # no cache, or the window moved: positions restart at 0
+                logits = self.prefill(hist[:, new_start:n])
+                ids, logprobs = self.draw(logits, params, seen, generators, blocked)
+            elif self.compiled:
+                ids, logprobs, logits = self.compiled_next(hist[:, n - 1], n - 1 - start, params, seen, generators,
+                                                           blocked)
+            else:
+                logits = self.step(hist[:, n - 1], n - 1 - start)
+                ids, logprobs = self.draw(logits, params, seen, generators, blocked)
+            start = new_start
 
 
 def generate(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,

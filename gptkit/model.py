@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptkit.config import ModelConfig, mlp_hidden
+from gptkit.config import ModelConfig, mlp_hidden, padded_vocab
 
 
 class KVCache:
@@ -182,13 +182,13 @@ class GPT(nn.Module):
         assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),  # token embeddings
+            wte=nn.Embedding(padded_vocab(cfg.vocab_size), cfg.n_embd),  # token embeddings (+ zero padding rows)
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None,
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, self.transformer.wte.num_embeddings, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         if cfg.pos_encoding == "rope":
             cos, sin = rope_tables(cfg.head_dim, cfg.block_size)
@@ -198,20 +198,33 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2*n_layer)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        nn.init.zeros_(self.transformer.wte.weight.data[cfg.vocab_size:])  # padding: never an input, cut from logits
+        self.register_state_dict_post_hook(GPT._cut_padding)
+        self.register_load_state_dict_pre_hook(GPT._add_padding)
+
+    def _cut_padding(self, state: dict, prefix: str, *_) -> None:  # state_dict(): the real vocabulary only
+        for key in (prefix + "transformer.wte.weight", prefix + "lm_head.weight"):
+            if key in state:
+                state[key] = state[key][:self.config.vocab_size]
+
+    def _add_padding(self, state: dict, prefix: str, *_) -> None:  # load_state_dict(): zero rows added back
+        pad = self.transformer.wte.num_embeddings - self.config.vocab_size
+        for key in (prefix + "transformer.wte.weight", prefix + "lm_head.weight"):
+            if pad and key in state and state[key].size(0) == self.config.vocab_size:
+                state[key] = F.pad(state[key], (0, 0, 0, pad))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # the tied lm_head is counted once
+        """Parameters, the tied lm_head once and the vocabulary's padding rows not at all."""
+        n = sum(p.numel() for p in self.parameters()) - self.transformer.wte.weight[self.config.vocab_size:].numel()
         if non_embedding:
-            n -= self.transformer.wte.weight.numel()
+            n -= self.config.vocab_size * self.config.n_embd
             if self.transformer.wpe is not None:
                 n -= self.transformer.wpe.weight.numel()
         return n
@@ -236,8 +249,12 @@ class GPT(nn.Module):
             input_pos = torch.arange(idx.size(1), device=idx.device)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache, input_pos)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = self.head(x)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream (..., C) -> logits over the real vocabulary (..., V): final norm, lm_head."""
+        return self.lm_head(self.transformer.ln_f(x))[..., :self.config.vocab_size]

@@ -95,7 +95,10 @@ class Muon(torch.optim.Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            st = self.state[p]
+            if "momentum_buffer" not in st:  # setdefault would allocate and fill a new buffer at every step
+                st["momentum_buffer"] = torch.zeros_like(p)
+            buf = st["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mom)
             g = p.grad.lerp(buf, mom)  # Nesterov: look one momentum step ahead
             rows, cols = p.size(0) // split, p.size(1)
@@ -156,6 +159,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, model: GPT, saved: dict[
         if entries:
             if "step" in entries and not getattr(optimizer, "defaults", {}).get("fused"):
                 entries["step"] = entries["step"].cpu()  # non-fused AdamW keeps its step counter on the CPU
+            for key, t in entries.items():  # the embedding's moments are saved without its zero padding rows
+                if t.dim() and t.shape[0] < p.shape[0]:
+                    entries[key] = torch.cat([t, t.new_zeros(p.shape[0] - t.shape[0], *p.shape[1:])])
             optimizer.state[p] = entries
             restored += 1
     return restored

@@ -55,6 +55,26 @@ def test_train_then_sample_end_to_end(tmp_path):
     assert (tmp_path / "checkpoints" / "tinyshakespeare-2" / "last.safetensors").is_file()
 
 
+def test_the_settings_line_comes_before_what_the_dataset_build_prints(tmp_path, capsys):
+    """The build reports before the run starts (here: the file --skip-bad left out); the settings still
+    come first, and a resumed run's first line names only what that command changes."""
+    from tests.conftest import run_here
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    (tmp_path / "texts" / "b.bin").write_bytes(b"\x00\x01binary" * 100)
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--block-size", "16", "--eval-iters", "2", "--store", str(tmp_path / "s")]
+    proc = run_here(capsys, "train", str(tmp_path / "texts"), "--skip-bad", "--max-iters", "2", *tiny)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == ("settings: preset quick (the default on cpu); differs: n_layer=1, n_embd=32, block_size=16, "
+                        "max_iters=2, eval_iters=2")
+    assert lines[1].startswith("skipped 1 bad file (--skip-bad): ") and "b.bin" in lines[1], lines[:3]
+    again = run_here(capsys, "train", "--run", "texts", "--resume", "--max-iters", "3", *tiny[-2:])
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[0] == "settings: the resumed run's own; changed by this command: max_iters=3"
+
+
 @pytest.mark.parametrize("content", [b"", b"   \n\n", b"\xff\xfe\x00bad", b"abc\xc3\x28def"])
 def test_bad_training_files(tmp_path, content):
     f = tmp_path / "bad.txt"
@@ -103,12 +123,12 @@ def test_train_help_states_the_defaults_a_cpu_gets_and_says_so_once():
     train = typer.main.get_command(app).commands["train"]
     helps = {p.name: p.help for p in train.params if p.help}
     mc, tc = resolve_config(None, None, {}, device_type="cpu")  # what a CPU run actually uses
-    assert (mc.pos_encoding, tc.optimizer, tc.batch_size) != ("learned", "adamw", 12)  # quick is not the dataclass
-    for name in ("batch_size", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer", "norm", "seed"):
+    assert (mc.pos_encoding, tc.optimizer, tc.tokens_per_step) != ("learned", "adamw", None)  # quick is not the dataclass
+    for name in ("tokens_per_step", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer", "norm", "seed"):
         value = getattr(tc, name, getattr(mc, name, None))
         assert helps[name].endswith(f"[default: {value}]"), helps[name]
     assert "[default: None]" not in " ".join(helps.values())
-    for name in ("vocab_size", "tokens_per_step", "max_time", "compile"):  # unset by default: the prose says so
+    for name in ("vocab_size", "batch_size", "grad_accum", "log_interval", "max_time", "compile"):  # unset: prose says
         assert "[default:" not in helps[name] and ("default" in helps[name] or "unset" in helps[name]), helps[name]
     assert "quick preset" in train.help and train.help.count("quick") == 1
     assert {f.name for f in [*ModelConfig.__dataclass_fields__.values(), *TrainConfig.__dataclass_fields__.values()]

@@ -76,7 +76,8 @@ def test_default_preset_follows_the_device(tmp_path):
     mc, tc = resolve_config("quick")
     assert (mc.pos_encoding, tc.optimizer) == ("rope", "muon")
     mc, tc = resolve_config("tiny")  # nanoGPT's CPU recipe, GPT-2's architecture, AdamW
-    assert (mc.pos_encoding, mc.norm, mc.mlp, tc.optimizer, tc.batch_size) == ("learned", "layernorm", "gelu", "adamw", 12)
+    assert (mc.pos_encoding, mc.norm, mc.mlp, tc.optimizer, tc.tokens_per_step) == ("learned", "layernorm", "gelu",
+                                                                                    "adamw", 12 * 64)
     f = tmp_path / "run.toml"
     f.write_text('preset = "small"\n')
     assert resolve_config(None, f, {}, device_type="cuda")[0].n_embd == 192  # a named preset wins

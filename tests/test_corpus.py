@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from gptkit.data.sources import builtin_corpus, download, load_source, read_text
+from gptkit.data.sources import DataSpec, builtin_corpus, download, open_inputs, read_text
 from gptkit.errors import InputError
 
 
@@ -51,8 +51,8 @@ def test_builtin_corpus_is_real_text_and_cached(tmp_path):
     assert "Return" in text and "\n\n" in text
     mtime = p.stat().st_mtime_ns
     assert builtin_corpus(tmp_path) == p and p.stat().st_mtime_ns == mtime  # built once
-    src = load_source(None, tmp_path)
-    assert src.origin == "builtin" and src.text == text and len(src.sha256) == 64
+    with open_inputs(DataSpec(), tmp_path) as inputs:  # no input given: the built-in corpus
+        assert [(i.name, i.path) for i in inputs] == [("builtin", builtin_corpus(tmp_path / "corpus"))]
 
 
 def test_download_offline_is_one_clear_error(tmp_path):
@@ -75,7 +75,7 @@ def test_the_first_mib_cut_inside_a_character_is_not_called_invalid(tmp_path):
         decode_utf8(data[:1 << 20], "'f'")  # the whole of a file: a cut character is invalid
     f = tmp_path / "big.txt"
     f.write_bytes(data)
-    check_data_arg(str(f))
+    check_data_arg([str(f)])
     f.write_bytes(data[:300] + b"\xff" + data[300:])
     with pytest.raises(InputError, match="bad byte 0xff at byte offset 300"):
-        check_data_arg(str(f))
+        check_data_arg([str(f)])

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
+import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gptkit.data.build import prepare_dataset
 from gptkit.data.dataset import check_lengths, get_batch, load_dataset, split_point
-from gptkit.data.sources import Source
+from gptkit.data.sources import InputFile, list_inputs
 from gptkit.errors import InputError
 
+_n = itertools.count()
 
-def source_of(text: str) -> Source:
-    return Source(text, "/x.txt", "/x.txt", hashlib.sha256(text.encode()).hexdigest())
+
+@pytest.fixture
+def source_of(tmp_path_factory):
+    """A text as the one input of a dataset: written to a file of its own (the same text, the same file)."""
+    folder = tmp_path_factory.mktemp("texts")
+    made: dict[str, Path] = {}
+
+    def make(text: str) -> list[InputFile]:
+        if text not in made:
+            made[text] = folder / f"text-{next(_n)}.txt"
+            made[text].write_text(text, encoding="utf-8")
+        return list_inputs([str(made[text])])
+
+    return make
 
 
 def test_validation_is_the_last_tenth_cut_at_a_line(shakespeare_text):
@@ -23,7 +37,7 @@ def test_validation_is_the_last_tenth_cut_at_a_line(shakespeare_text):
     assert 0.89 < cut / len(shakespeare_text) < 0.91
 
 
-def test_char_dataset_round_trips_and_is_cached(tmp_path, shakespeare_text):
+def test_char_dataset_round_trips_and_is_cached(tmp_path, shakespeare_text, source_of):
     ds = prepare_dataset(source_of(shakespeare_text), "char", None, 0.1, tmp_path / "d")
     assert ds.train.dtype == np.uint16 and ds.meta["tokenizer"]["kind"] == "char"
     tok = ds.tokenizer
@@ -39,7 +53,7 @@ def test_char_dataset_round_trips_and_is_cached(tmp_path, shakespeare_text):
     assert other.meta["tokenizer"]["kind"] == "byte"  # a different tokenizer rebuilds
 
 
-def test_korean_bpe_dataset_decodes_exactly(tmp_path, korean_text):
+def test_korean_bpe_dataset_decodes_exactly(tmp_path, korean_text, source_of):
     text = korean_text[:300_000]
     ds = prepare_dataset(source_of(text), "bpe", 512, 0.1, tmp_path / "k")
     tok = load_dataset(tmp_path / "k").tokenizer
@@ -47,7 +61,7 @@ def test_korean_bpe_dataset_decodes_exactly(tmp_path, korean_text):
     assert ds.meta["val_tokens"] / ds.meta["val_chars"] < 1.5  # BPE merges most Hangul syllables
 
 
-def test_batches_are_shifted_windows(tmp_path, shakespeare_text):
+def test_batches_are_shifted_windows(tmp_path, shakespeare_text, source_of):
     ds = prepare_dataset(source_of(shakespeare_text), "char", None, 0.1, tmp_path / "d")
     x, y = get_batch(ds.train, 4, 16, np.random.default_rng(0))
     assert x.shape == y.shape == (4, 16) and x.dtype == np.int64
@@ -59,13 +73,13 @@ def test_batches_are_shifted_windows(tmp_path, shakespeare_text):
     assert np.array_equal(np.concatenate([a, b]), full)
 
 
-def test_too_short_text_is_a_clear_error(tmp_path):
+def test_too_short_text_is_a_clear_error(tmp_path, source_of):
     ds = prepare_dataset(source_of("hello world\n" * 10), "char", None, 0.1, tmp_path / "s")
     with pytest.raises(InputError, match="block-size"):
         check_lengths(ds, 64)
 
 
-def test_damaged_dataset_folder(tmp_path, shakespeare_text):
+def test_damaged_dataset_folder(tmp_path, shakespeare_text, source_of):
     prepare_dataset(source_of(shakespeare_text[:5000]), "char", None, 0.1, tmp_path / "d")
     (tmp_path / "d" / "val.bin").write_bytes(b"\x00\x01")
     with pytest.raises(InputError, match="rebuild"):

@@ -252,3 +252,52 @@ def test_decoding_on_two_threads_gives_the_one_thread_text(char_model):
     (ids_1, logits_1), (ids_2, logits_2) = results[1], results[2]
     assert torch.equal(ids_1, ids_2)
     assert all(torch.allclose(a, b, atol=2e-5, rtol=1e-5) for a, b in zip(logits_1, logits_2, strict=True))
+
+
+def test_the_exponential_race_draws_tokens_with_their_probabilities():
+    """The compiled step's draw without a generator: argmax p / E, E ~ Exp(1), picks i with probability
+    p_i (checked against the softmax over 40,000 draws), through the same filters as eager sampling."""
+    from gptkit.generate import sample_with_noise
+
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0]).expand(40_000, 5)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.empty(40_000, 5).exponential_(generator=g)
+    ids, logprobs = sample_with_noise(logits, SamplingParams(), None, noise)
+    freq = torch.bincount(ids, minlength=5) / 40_000
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01), freq
+    assert torch.allclose(logprobs, torch.log_softmax(logits[0], -1)[ids])
+    top2, _ = sample_with_noise(logits, SamplingParams(top_k=2), None, noise)
+    assert set(top2.tolist()) == {0, 1}
+    greedy, _ = sample_with_noise(logits, SamplingParams(temperature=0), None, noise)
+    assert (greedy == 0).all()
+
+
+def test_a_compiled_job_samples_inside_the_step_compiled_once_before_timing(char_model, monkeypatch):
+    """The compiled step includes the sampling (no eager sampling, no host read in the loop), is
+    compiled and recorded by `warm_up` before a timer starts, and never recompiles, past block_size
+    too; every row's text is its own seed's."""
+    from torch._dynamo.testing import CompileCounter
+
+    import gptkit.generate as gen
+
+    model, tok = char_model
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, fullgraph=True, dynamic=False))
+    torch._dynamo.reset()
+    params = SamplingParams(temperature=0.9, top_k=30, top_p=0.95, repetition_penalty=1.1)
+    engine = Engine(model, num_samples=2, compile_step=True)
+    engine.warm_up(params)
+    assert counter.frame_count == 1
+    monkeypatch.setattr(gen, "sample_next_token", lambda *a, **k: pytest.fail("eager sampling in a compiled job"))
+    reads = []
+    for name in ("item", "tolist"):
+        real_read = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=real_read: reads.append(1) or _r(self, *a))
+    prompt = tok.encode("ROMEO:")
+    ids, _ = run(engine, prompt, 100, params, seed=4)  # block_size 64: the window moves twice
+    assert counter.frame_count == 1 and not reads
+    monkeypatch.undo()
+    again, _ = run(engine, prompt, 100, params, seed=4)
+    assert torch.equal(ids, again)  # the same seed, the same texts
+    one = Engine(model, num_samples=1, compile_step=True)
+    assert torch.equal(run(one, prompt, 100, params, seed=row_seed(4, 1))[0][0], ids[1])  # row 1 is its seed's

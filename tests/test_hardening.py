@@ -206,7 +206,7 @@ ACCEPTED = {("train", "--dropout", "0"), ("train", "--min-lr", "0"), ("train", "
             ("train", "--grad-clip", "0"), ("train", "--seed", "0"), ("train", "--sample-every", "0"),
             ("sample", "--max-new-tokens", "0"), ("sample", "--temperature", "0"), ("sample", "--top-k", "0"),
             ("sample", "--min-p", "0"), ("sample", "--seed", "0"), ("inspect", "--layer", "0"),
-            ("inspect", "--head", "0")}
+            ("inspect", "--head", "0"), ("inspect", "--seed", "0")}
 # A command line per command that fails *after* flag checks, with its error: a value that passes the
 # checks reaches that error instead, which proves it was accepted.
 LATER_ERROR = {

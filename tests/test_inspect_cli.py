@@ -33,7 +33,7 @@ def test_summary_of_the_newest_run(trained_run):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     out = proc.stdout
-    total = trained_run["events"][0]["params"]
+    total = next(e for e in trained_run["events"] if e["event"] == "start")["params"]
     assert f"{total:,}" in out and "non-embedding" in out and "attention Q" in out
     assert "tokenizer: char (char), 65 ids" in out
     assert f"{trained_run['result'].step:,} steps" in out and "bits/char" in out
@@ -57,10 +57,10 @@ def test_json_holds_every_number(trained_run, tmp_path):
     proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--rows", "4", "--save", str(page))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is the JSON and nothing else
-    assert set(doc) == {"summary", "analysis", "neighbors"} and doc["neighbors"] is None
+    assert set(doc) == {"summary", "analysis", "neighbors", "eval"} and doc["neighbors"] is None is doc["eval"]
     s, a = doc["summary"], doc["analysis"]
     cfg = s["model_config"]
-    assert s["params"]["total"] == trained_run["events"][0]["params"]
+    assert s["params"]["total"] == next(e for e in trained_run["events"] if e["event"] == "start")["params"]
     assert "".join(t["text"] for t in a["tokens"]) == PROMPT
     T = len(a["tokens"])
     att = a["attention"]
@@ -220,6 +220,18 @@ def test_neighbors_without_recorded_data_or_data_flag(store_without_data_record,
     proc = run_here(capsys, "inspect", "bare", "--checkpoints", str(store_without_data_record), "-p", "the",
                     "--neighbors")
     assert_one_line_error(proc, "records no training text", "--data")
+
+
+def test_neighbors_of_a_run_trained_on_several_files_asks_for_one(trained_run, tmp_path, capsys):
+    """A run trained on a folder records the folder and a sha256 of its listing, not one text to search."""
+    from gptkit import checkpoint
+
+    model, _, info = checkpoint.load_for_inference(trained_run["run_dir"])
+    meta = {k: info.meta[k] for k in ("model_config", "train_config", "tokenizer")}
+    meta["state"] = {**info.state, "data": {**info.state["data"], "path": str(tmp_path), "files": 3}}
+    checkpoint.save(tmp_path / "many" / checkpoint.LAST, model, meta)
+    proc = run_here(capsys, "inspect", "many", "--checkpoints", str(tmp_path), "-p", "the", "--neighbors")
+    assert_one_line_error(proc, "3 files", "--data")
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptkit.config import ModelConfig
 from gptkit.introspect.trace import run_blocks
@@ -87,7 +88,7 @@ def test_gpt2_init_and_weight_tying():
     cfg = ModelConfig(n_layer=8, n_head=4, n_embd=256, block_size=32, vocab_size=300)
     model = GPT(cfg)
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.num_params() == sum(v.numel() for k, v in model.state_dict().items() if k != "lm_head.weight")
     proj = model.transformer.h[0].mlp.c_proj.weight
     fc = model.transformer.h[0].mlp.c_fc.weight
     assert abs(proj.std().item() - 0.02 / math.sqrt(2 * 8)) < 0.001
@@ -100,3 +101,32 @@ def test_loss_at_init_is_about_ln_vocab():
     idx, targets = torch.randint(0, 50, (2, 8, 24)).unbind(0)
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(50)) < 0.2
+
+
+def test_vocabulary_is_padded_inside_the_model_only():
+    """The token matrices get rows up to a multiple of 64 (aligned logits GEMMs); the logits, the state
+    dict and a checkpoint show the real vocabulary, and the padding never changes a logit."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65)
+    model = GPT(cfg)
+    assert model.transformer.wte.weight.shape == (128, 32) and model.lm_head.weight.shape == (128, 32)
+    assert torch.count_nonzero(model.transformer.wte.weight[65:]) == 0
+    sd = model.state_dict()
+    assert sd["transformer.wte.weight"].shape == sd["lm_head.weight"].shape == (65, 32)
+    idx = torch.randint(0, 65, (2, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 16, 65)
+    # the reference: the same weights without padding rows, written out
+    x = model.transformer.ln_f(model.transformer.h[1](model.transformer.h[0](model.embed(idx)[0])))
+    assert torch.allclose(logits, x @ sd["transformer.wte.weight"].T, atol=1e-5)
+    assert torch.allclose(loss, F.cross_entropy((x @ sd["transformer.wte.weight"].T).view(-1, 65), idx.view(-1)))
+    loss.backward()
+    assert torch.count_nonzero(model.transformer.wte.weight.grad[65:]) == 0  # the padding learns nothing
+    again = GPT(cfg)
+    again.load_state_dict(sd, strict=False)  # strict=False: lm_head is tied to wte
+    assert torch.equal(again(idx)[0], model(idx)[0])
+    assert torch.count_nonzero(again.transformer.wte.weight[65:]) == 0
+    with torch.no_grad():
+        model.transformer.wte.weight[65:] = 5.0  # whatever the padding rows hold, no logit sees them
+    assert torch.equal(model(idx)[0], again(idx)[0])
+    assert model.num_params() == again.num_params() == sum(v.numel() for k, v in sd.items() if k != "lm_head.weight")

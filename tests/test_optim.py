@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from gptkit import checkpoint
@@ -50,3 +51,18 @@ def test_muon_trains_and_its_state_round_trips(tmp_path):
     assert info.meta["train_config"]["optimizer"] == "muon"
     assert "optim.transformer.h.0.mlp.c_fc.weight.momentum_buffer" in info.tensors
     assert "optim.transformer.wte.weight.exp_avg_sq" in info.tensors
+
+
+def test_muon_allocates_its_momentum_once(monkeypatch):
+    """`setdefault("momentum_buffer", torch.zeros_like(p))` built and filled a new buffer for every
+    matrix at every step, only to throw it away."""
+    mc, tc = resolve_config("tiny", None, {"optimizer": "muon", "n_layer": 2})
+    model = GPT(type(mc)(**{**mc.__dict__, "vocab_size": 65}))
+    opt = make_optimizer(model, tc, torch.device("cpu"))
+    x = torch.randint(0, 65, (2, 16))
+    for step in range(2):
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        if step == 0:
+            monkeypatch.setattr(torch, "zeros_like", lambda *a, **k: pytest.fail("a buffer allocated again"))

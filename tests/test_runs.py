@@ -34,7 +34,8 @@ def store(tmp_path_factory):
     events: dict[str, list[dict]] = {}
     for i, (name, (tok, steps)) in enumerate(RUNS.items()):
         mc, tc = resolve_config("tiny", None, dict(tokenizer=tok, n_layer=1, n_head=2, n_embd=32, block_size=32,
-                                                   batch_size=4, max_iters=steps, eval_interval=4, eval_iters=2))
+                                                   batch_size=4, tokens_per_step=4 * 32, max_iters=steps, eval_interval=4,
+                                                   eval_iters=2))
         events[name] = []
         train(mc, tc, str(root / "text.txt"), store / name, store, on_event=events[name].append)
         for f in (store / name).glob("*.safetensors"):  # a clear order, whatever the file system's clock
@@ -67,8 +68,11 @@ def test_every_run_with_the_figures_training_reported(store, capsys):
         best = min(evals, key=lambda e: e["val_loss"])
         done = next(e for e in store["events"][r["name"]] if e["event"] == "done")
         model, tokenizer, _ = load_for_inference(store["store"] / r["name"])
-        assert r["step"] == steps and r["tokens_seen"] == steps * 4 * 32  # steps x batch x block
-        assert r["params"] == sum(p.numel() for p in model.parameters())  # the tied head counted once
+        start = next(e for e in store["events"][r["name"]] if e["event"] == "start")
+        assert start["tokens_per_step"] == 4 * 32  # one micro-batch of 4 sequences of 32 a step
+        assert r["step"] == steps and r["tokens_seen"] == steps * start["tokens_per_step"]
+        # as training reported it: the tied head once, the vocabulary's padding rows not at all
+        assert r["params"] == start["params"] == model.num_params()
         assert r["tokenizer"] == tok and r["vocab_size"] == tokenizer.vocab_size
         assert r["best_val_loss"] == pytest.approx(best["val_loss"]) and r["best_val_loss"] == done["best_val_loss"]
         assert r["best_val_bpc"] == pytest.approx(best["val_bpc"], rel=1e-9)

@@ -92,11 +92,19 @@ def test_lines_json_is_one_valid_object_per_sample_in_order(trained_run, tmp_pat
         assert line == r["prompt"] + r["text"].replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _strict_utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")  # strict: any invalid byte fails
+    except UnicodeDecodeError:
+        return None
+
+
 def test_streamed_korean_never_shows_a_broken_character(korean_bytes, tmp_path):
     args = ("-p", "그날 밤", "-n", "90", "--temperature", "0")  # greedy: a model this small still slips at higher temperature
     js = json.loads(sample(korean_bytes, *args, "--json", cwd=tmp_path).stdout)
-    whole = bytes(js["token_ids"]).decode("utf-8", errors="replace")  # decoded at once, not streamed
-    assert js["text"] == whole and "\ufffd" not in whole and sum("가" <= c <= "힣" for c in whole) > 10
+    raw = bytes(js["token_ids"])  # -n may stop inside a character: its first bytes end the ids, not the text
+    whole = next(w for cut in range(4) if (w := _strict_utf8(raw[:len(raw) - cut])) is not None)
+    assert js["text"] == whole and sum("가" <= c <= "힣" for c in whole) > 10
     out = sample(korean_bytes, *args, cwd=tmp_path).stdout  # streamed: one byte token at a time
     assert out == "그날 밤" + whole + ("" if whole.endswith("\n") else "\n")
 
@@ -167,3 +175,14 @@ def test_prompt_outside_the_char_vocabulary(trained_run, tmp_path):
     assert proc.stdout == ""  # checked before anything is generated
     proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt-file", "missing.txt", cwd=tmp_path)
     assert_one_line_error(proc, "cannot read prompt file", "missing.txt")
+
+
+def test_bf16_sampling_on_a_cpu(trained_run, tmp_path):
+    """`--dtype bfloat16` on a CPU: the weights in bf16, the decode step eager; its greedy text starts
+    as the fp32 one does (bf16 rounding may flip a near tie later)."""
+    args = ("--prompt", "ROMEO:", "-n", "60", "--temperature", "0", "--json", "-v")
+    bf16 = sample(trained_run["run_dir"], *args, "--dtype", "bfloat16", cwd=tmp_path)
+    fp32 = sample(trained_run["run_dir"], *args, cwd=tmp_path)
+    assert "cpu bfloat16 | compile off" in bf16.stderr and "cpu float32" in fp32.stderr
+    text16, text32 = (json.loads(p.stdout)["text"] for p in (bf16, fp32))
+    assert len(text16) == 60 and text16[:8] == text32[:8], (text16, text32)

@@ -5,7 +5,6 @@ independent counts."""
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 import subprocess
 import sys
@@ -17,9 +16,9 @@ import pytest
 import tiktoken
 
 from gptkit.data.build import build_dataset, prepare_dataset
-from gptkit.data.chunks import open_path, open_text, split_offset, split_text
+from gptkit.data.chunks import split_text
 from gptkit.data.dataset import load_dataset, split_point
-from gptkit.data.sources import load_source
+from gptkit.data.sources import list_inputs, read_text
 from gptkit.errors import InputError, TokenizerError
 from gptkit.introspect.tokens import boundaries, compare, iter_tokens, label, segments, token_byte_lengths
 from gptkit.tokenizers import build_tokenizer
@@ -83,9 +82,7 @@ def test_dataset_is_identical_whatever_the_chunk_size_and_equals_whole_encoding(
     text = mixed_text()
     built = {}
     for chunk in (777, 1 << 20):
-        tf = open_path(mixed_file)
-        ds = build_dataset(tf, tmp_path / f"c{chunk}", name, 512, 0.1, chunk_chars=chunk,
-                           source={"path": str(mixed_file), "origin": "mixed.txt"})
+        ds = build_dataset(list_inputs([str(mixed_file)]), tmp_path / f"c{chunk}", name, 512, 0.1, chunk_chars=chunk)
         built[chunk] = files(ds.path)
     assert built[777] == built[1 << 20]
     ds = load_dataset(tmp_path / "c777")
@@ -111,9 +108,8 @@ def test_dataset_is_identical_whatever_the_chunk_size_and_equals_whole_encoding(
 
 def test_train_and_tokenize_out_share_one_builder(tmp_path):
     """`gptkit train FILE.txt` caches exactly the folder `gptkit tokenize FILE --out` writes."""
-    source = load_source(str(SHAKESPEARE), tmp_path / "cache")
-    cached = prepare_dataset(source, "char", None, 0.1, tmp_path / "run" / "data")
-    out = build_dataset(open_path(SHAKESPEARE), tmp_path / "out", "char", None, 0.1)
+    cached = prepare_dataset(list_inputs([str(SHAKESPEARE)]), "char", None, 0.1, tmp_path / "run" / "data")
+    out = build_dataset(list_inputs([str(SHAKESPEARE)]), tmp_path / "out", "char", None, 0.1)
     assert files(cached.path)["train.bin"] == files(out.path)["train.bin"]
     assert files(cached.path)["val.bin"] == files(out.path)["val.bin"]
     assert cached.meta["val_chars"] == out.meta["val_chars"] and cached.meta["tokenizer"] == out.meta["tokenizer"]
@@ -148,7 +144,7 @@ def test_bad_files_are_one_line_input_errors(tmp_path):
     for name, (data, needle) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError, match=needle) as err:
-            build_dataset(open_path(tmp_path / name), tmp_path / "out", "byte")
+            build_dataset(list_inputs([str(tmp_path / name)]), tmp_path / "out", "byte")
         assert "\n" not in str(err.value)
     # invalid UTF-8 far into the file, across block boundaries: the byte offset Python's own decoder
     # gives for the whole file is named, whatever the chunk size
@@ -163,21 +159,22 @@ def test_bad_files_are_one_line_input_errors(tmp_path):
                   else f"ends in the middle of a character \\(its last 2 byte\\(s\\), from byte offset {start}")
         for chunk in (100, 1001, 1 << 20):
             with pytest.raises(InputError, match=needle):
-                build_dataset(open_path(tmp_path / "bad.txt"), tmp_path / "out", "byte", chunk_chars=chunk)
+                build_dataset(list_inputs([str(tmp_path / "bad.txt")]), tmp_path / "out", "byte", chunk_chars=chunk)
     assert not (tmp_path / "out" / "meta.json").exists() and not list((tmp_path / "out").glob(".*tmp*"))
     with pytest.raises(InputError, match="does not exist"):
-        open_path(tmp_path / "nope.txt")
+        list_inputs([str(tmp_path / "nope.txt")])
     with pytest.raises(TokenizerError, match="256"):
-        build_dataset(open_path(SHAKESPEARE), tmp_path / "out", "bpe", vocab_size=255)
+        build_dataset(list_inputs([str(SHAKESPEARE)]), tmp_path / "out", "bpe", vocab_size=255)
 
 
 def test_bom_is_skipped_and_text_matches_reading_it(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbf" + "첫 줄\n둘째 줄\n".encode() * 50)
-    ds = build_dataset(open_path(path), tmp_path / "d", "char")
-    source = load_source(str(path), tmp_path / "cache")
-    assert ds.tokenizer.decode(ds.train.tolist() + ds.val.tolist()) == source.text
-    assert ds.meta["source"]["sha256"] == source.sha256 and "\ufeff" not in ds.tokenizer.chars
+    ds = build_dataset(list_inputs([str(path)]), tmp_path / "d", "char")
+    assert ds.tokenizer.decode(ds.train.tolist() + ds.val.tolist()) == read_text(path)
+    assert ds.meta["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file as it is
+    assert "\ufeff" not in ds.tokenizer.chars and ds.meta["inputs"][0]["train_bytes"] + ds.meta["inputs"][0][
+        "val_bytes"] == path.stat().st_size - 3
 
 
 def test_peak_memory_stays_bounded_on_a_large_file(tmp_path):
@@ -189,9 +186,9 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path):
             f.write(chunk)
     code = (
         "import resource, sys; from pathlib import Path\n"
-        "from gptkit.data.build import build_dataset\nfrom gptkit.data.chunks import open_path\n"
+        "from gptkit.data.build import build_dataset\nfrom gptkit.data.sources import list_inputs\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "ds = build_dataset(open_path(sys.argv[1]), Path(sys.argv[2]), 'byte')\n"
+        "ds = build_dataset(list_inputs([sys.argv[1]]), Path(sys.argv[2]), 'byte')\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(base // 1024, peak // 1024, ds.meta['train_tokens'] + ds.meta['val_tokens'])\n"
     )
@@ -258,10 +255,11 @@ def _valid(b: bytes) -> bool:
     return b.decode("utf-8", errors="replace").encode("utf-8") == b
 
 
-def test_split_point_agrees_with_the_builder_on_korean():
+def test_split_point_agrees_with_the_builder_on_korean(tmp_path):
     text = KOREAN.read_text(encoding="utf-8")[:100_000]
-    tf = open_text(io.BytesIO(text.encode()), "k")
-    cut = split_offset(tf, 0.1)
+    (tmp_path / "k.txt").write_text(text, encoding="utf-8")
     data = text.encode()
-    assert data[cut - 1:cut] == b"\n" and cut == data.index(b"\n", int(len(data) * 0.9)) + 1
+    cut = data.index(b"\n", int(len(data) * 0.9)) + 1  # found independently: 90% of the bytes, past the next newline
+    ds = build_dataset(list_inputs([str(tmp_path / "k.txt")]), tmp_path / "d", "byte")
+    assert ds.meta["inputs"][0]["train_bytes"] == cut == len(ds.train)
     assert split_point(text, 0.1) == len(data[:cut].decode())

@@ -141,9 +141,9 @@ def test_a_slow_first_step_does_not_end_a_timed_run(tmp_path, monkeypatch):
     into the reserve for the final evaluation, 2 s x 150 batches once ended the quick start's 60-s run
     after its first step: the first step is not timed, and a guessed reserve is at most a quarter of
     the budget."""
-    import gptkit.train
+    import gptkit.loop
 
-    real, calls = gptkit.train.get_batch, []
+    real, calls = gptkit.loop.get_batch, []
 
     def first_batch_slow(*args, **kwargs):  # inside the timed step
         calls.append(1)
@@ -151,7 +151,7 @@ def test_a_slow_first_step_does_not_end_a_timed_run(tmp_path, monkeypatch):
             time.sleep(2.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gptkit.train, "get_batch", first_batch_slow)
+    monkeypatch.setattr(gptkit.loop, "get_batch", first_batch_slow)
     mc, tc = resolve_config("tiny", None, dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16,
                                                max_iters=10**6, max_time=8.0, eval_interval=10**6, eval_iters=150))
     result = train(mc, tc, str(SHAKESPEARE), tmp_path / "t", tmp_path)
@@ -175,17 +175,12 @@ def test_a_timed_run_reserves_time_for_its_final_evaluation(tmp_path):
     assert result.elapsed - tc.max_time < 0.5 * eval_cost, (result.elapsed, evals[0]["elapsed"])
 
 
-def test_auto_precision_on_a_cpu_is_bf16_only_with_amx(monkeypatch):
-    """bf16 autocast is a speed-up only on AMX tiles: with AVX-512 BF16 alone it made a training step
-    1.66x slower than fp32 (and ~9x on AVX2), so `auto` trains those CPUs in fp32. This machine takes
-    the path its hardware calls for; explicit choices are kept."""
+def test_precision_flags_on_a_cpu():
+    """auto is fp32 until a run has measured bf16 at its model's shapes (test_train_runtime.py);
+    explicit choices are kept; fp16 is for GPUs."""
     from gptkit import runtime
 
     cpu = torch.device("cpu")
-    assert runtime.pick_dtype("auto", cpu) == (torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert runtime.pick_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert runtime.pick_dtype("auto", cpu) == torch.float32
     assert runtime.pick_dtype("bfloat16", cpu) == torch.bfloat16 and runtime.pick_dtype("float32", cpu) == torch.float32
     with pytest.raises(UsageError):

@@ -20,7 +20,7 @@ from gptkit.config import resolve_config
 from gptkit.train import train
 from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
 
-SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2)
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2, grad_accum=1)
 
 
 def _weights(run_dir, name=checkpoint.LAST):
@@ -44,7 +44,8 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
     mc, tc = resolve_config("tiny", None, {**SMALL, "batch_size": 4, "tokens_per_step": 500, "max_iters": 1,
                                            "eval_interval": 1})
     train(mc, tc, str(SHAKESPEARE), tmp_path / "tps", tmp_path, on_event=events.append)
-    assert events[0]["grad_accum"] == 4 and events[0]["tokens_per_step"] == 512  # ceil(500 / (4*32)) = 4
+    start = next(e for e in events if e["event"] == "start")  # after the dataset build's "data" events
+    assert start["grad_accum"] == 4 and start["tokens_per_step"] == 512  # ceil(500 / (4*32)) = 4
 
 
 def _free_port() -> int:
@@ -55,7 +56,8 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
     common = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--max-iters", "8",
-              "--eval-interval", "8", "--eval-iters", "2", "--warmup-iters", "2", "--device", "cpu", "-q"]
+              "--eval-interval", "8", "--eval-iters", "2", "--warmup-iters", "2", "--device", "cpu", "-q",
+              "--grad-accum", "1", "--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
@@ -74,6 +76,11 @@ def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
     starts = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in starts].count("start") == 1  # rank 0 alone logs
     assert starts[0]["world_size"] == 2
+    # the same batches (the weights above), but each rank its own dropout stream, seeded seed + rank, and
+    # each rank's generators kept for resume (dropout is 0 here, so neither has drawn since its seeding)
+    ranks = ddp_state["rng"]["ranks"]
+    expected = [torch.manual_seed(1337 + r).get_state().tolist() for r in range(2)]
+    assert [r["torch"] for r in ranks] == expected and expected[0] != expected[1]
 
 
 def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):

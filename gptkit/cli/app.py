@@ -78,6 +78,16 @@ Device = Annotated[str, typer.Option(  # not a closed list (cuda:N): runtime.pic
 Json = Annotated[bool, typer.Option("--json", help="JSON for scripts (one object a line) instead of the view")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="say more on stderr: what was loaded, and how")]
+# how train and `tokenize --out` pick their inputs (gptkit.data.sources)
+Glob = Annotated[Optional[list[str]], typer.Option(
+    "--glob", metavar="<pattern>", show_default=False,
+    help="in folders, take only the files matching this pattern, e.g. '*.md' (repeatable) [default: every "
+         "file but hidden ones]")]
+TextField = Annotated[Optional[str], typer.Option(
+    "--text-field", metavar="<field>", show_default=False,
+    help="the field of each .jsonl record that holds its text [default: text]")]
+SkipBad = Annotated[bool, typer.Option(
+    "--skip-bad", help="skip binary, non-UTF-8 and empty files (counted on stderr) instead of stopping at the first")]
 
 _LEGACY_STORE = inspect.Parameter(  # the store option's old name, kept working (hidden) for one release
     "checkpoints", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],

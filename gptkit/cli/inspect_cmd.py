@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from gptkit.cli.app import CheckpointRef, Device, Json, Prompt, Store, command, handle_errors
+from gptkit.config import check_seed
 from gptkit.errors import UsageError
 from gptkit.fsio import cannot_write, check_output_file
 
@@ -16,17 +17,20 @@ SAVE_KINDS = (".svg", ".html")
 
 
 def check_options(prompt: str | None, rows: int, layer: int | None, head: int | None, numbers: bool,
-                  neighbors: bool, data: Path | None, max_positions: int, n_neighbors: int,
-                  save: Path | None) -> None:
+                  neighbors: bool, data: Path | None, max_positions: int | None, n_neighbors: int,
+                  save: Path | None, n_eval: int | None = None) -> None:
     """Cheap checks before torch is imported; ranges that need the model's shape come later."""
-    for flag, value in (("--rows", rows), ("--max-positions", max_positions), ("--n-neighbors", n_neighbors)):
+    if n_eval is not None and not neighbors:
+        raise UsageError("--eval N measures the --neighbors method over N positions; add --neighbors")
+    for flag, value in (("--rows", rows), ("--max-positions", 1 if max_positions is None else max_positions),
+                        ("--n-neighbors", n_neighbors), ("--eval", 1 if n_eval is None else n_eval)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     for flag, value in (("--layer", layer), ("--head", head)):
         if value is not None and value < 0:
             raise UsageError(f"{flag} counts from 0, got {value}")
     needs_prompt = [f for f, on in (("--layer", layer is not None), ("--head", head is not None),
-                                    ("--numbers", numbers), ("--neighbors", neighbors)) if on]
+                                    ("--numbers", numbers), ("--neighbors", neighbors and n_eval is None)) if on]
     if needs_prompt and prompt is None:
         raise UsageError(f"{needs_prompt[0]} looks inside a forward pass; give it a --prompt TEXT")
     if data is not None and not neighbors:
@@ -67,17 +71,25 @@ def inspect_command(
     data: Optional[Path] = typer.Option(None, "--data", metavar="<file>", show_default=False,
                                         help="training text for --neighbors [default: the file recorded in the "
                                              "checkpoint]"),
-    max_positions: int = typer.Option(100_000, "--max-positions", help="scan at most this many positions"),
+    max_positions: Optional[int] = typer.Option(None, "--max-positions", show_default=False,
+                                                help="scan at most this many positions [default: 100000; with "
+                                                "--eval the whole training split, up to a 1 GiB cache]"),
     n_neighbors: int = typer.Option(20, "--n-neighbors", help="neighbours kept per block"),
+    n_eval: Optional[int] = typer.Option(None, "--eval", metavar="<n>", show_default=False,
+                                         help="with --neighbors: measure the method over N held-out positions "
+                                         "against the model and two baselines (no --prompt needed)"),
+    seed: int = typer.Option(0, "--seed", "-s", help="which positions --eval draws"),
     json_out: Json = False,
     save: Optional[Path] = typer.Option(None, "--save", metavar="<file>", help="also write the view as a picture: "
                                         "FILE.svg or FILE.html"),
     device: Device = "auto",
 ) -> None:
     """Look inside a checkpoint: its summary, and with --prompt the next-token table, attention heatmaps,
-    logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text."""
+    logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text
+    (--eval N: over N held-out positions)."""
     with handle_errors():
-        check_options(prompt, rows, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save)
+        check_options(prompt, rows, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save, n_eval)
+        check_seed(seed)
         if prompt is not None:
             from gptkit.data.chunks import argument_text
 
@@ -89,13 +101,15 @@ def inspect_command(
         info = ckpt.read_info(ckpt.resolve(checkpoint, store))
         cfg = info.model_config
         check_shape(layer, head, cfg.n_layer, cfg.n_head)
-        out: dict[str, Any] = {"summary": summarize(info), "analysis": None, "neighbors": None}
+        out: dict[str, Any] = {"summary": summarize(info), "analysis": None, "neighbors": None, "eval": None}
         if prompt is not None:
             out.update(_forward(info, prompt, rows, neighbors, data, max_positions, n_neighbors, device))
+        if n_eval is not None:
+            out["eval"] = _evaluate(info, data, n_eval, n_neighbors, max_positions, seed, device)
         if json_out:
             typer.echo(json.dumps(out, ensure_ascii=False))
-        view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], layer=layer, head=head,
-                    numbers=numbers, k=rows)
+        view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], ev=out["eval"], layer=layer,
+                    head=head, numbers=numbers, k=rows)
         if not json_out:
             from gptkit.cli.views.inspect_view import StdoutConsole, render
 
@@ -104,7 +118,7 @@ def inspect_command(
             _save(save, view, len(out["analysis"]["tokens"]) if out["analysis"] else 0)
 
 
-def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, max_positions: int,
+def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, max_positions: int | None,
              n_neighbors: int, device: str) -> dict[str, Any]:
     from gptkit.checkpoint import build_model
     from gptkit.introspect.trace import analyze
@@ -123,8 +137,28 @@ def _forward(info, prompt: str, top_k: int, neighbors: bool, data: Path | None, 
         for warning in source.warnings:
             typer.echo(f"warning: {warning}", err=True)
         with scan_progress() as progress:
-            nb = neighbours(model, tokenizer, tr, source, n_neighbors, max_positions, progress)
+            nb = neighbours(model, tokenizer, tr, source, n_neighbors, max_positions or 100_000, progress)
     return {"analysis": res, "neighbors": nb}
+
+
+def _evaluate(info, data: Path | None, n: int, k: int, max_positions: int | None, seed: int,
+              device: str) -> dict[str, Any]:
+    from gptkit.checkpoint import build_model
+    from gptkit.cli.views.inspect_view import phase_progress
+    from gptkit.introspect.neighbor_eval import eval_texts, evaluate
+    from gptkit.runtime import pick_device
+    from gptkit.tokenizers.stored import tokenizer_from_dict
+
+    tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
+    model = build_model(info, pick_device(device)).float().eval()
+    texts = eval_texts(info, data)
+    for warning in texts.train.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    with phase_progress() as progress:
+        result = evaluate(model, tokenizer, info, texts, n, k, max_positions, seed, progress)
+    if "warning" in result["cache"]:
+        typer.echo(f"warning: {result['cache']['warning']}", err=True)
+    return result
 
 
 def _save(path: Path, view: dict[str, Any], n_tokens: int) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from gptkit.cli.app import CheckpointRef, Device, Json, Prompt, Store, Verbose, command, handle_errors
+from gptkit.cli.interactive import wants_interactive
 from gptkit.cli.views.sample_view import Printer, stats_line
 from gptkit.config import check_seed
 from gptkit.errors import InputError, TokenizerError, UsageError
@@ -91,6 +92,9 @@ def encode_prompt(tokenizer: Any, text: str, where: str) -> list[int]:
 PromptFile = Annotated[Optional[Path], typer.Option("--prompt-file", "-f", metavar="<file>",
                                                     help="read the prompt from a file (- for stdin)")]
 Lines = Annotated[bool, typer.Option("--lines", help="one prompt per input line, one result per output line")]
+Interactive = Annotated[Optional[bool], typer.Option(
+    "--interactive/--no-interactive", show_default=False,
+    help="load once, then each line typed is a prompt [default: on at a terminal when no prompt is given]")]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", help="tokens to generate per sample")]
 Temperature = Annotated[float, typer.Option("--temperature", help="softmax temperature; 0 = greedy")]
 TopK = Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0 = off)")]
@@ -104,11 +108,15 @@ NumSamples = Annotated[int, typer.Option("--num-samples", help="samples per prom
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", metavar="<text>", show_default=False,
                                                    help="end a sample at this text (not printed); repeatable")]
 Echo = Annotated[bool, typer.Option("--echo/--no-echo", help="print the prompt before the continuation")]
+AllowInvalidUtf8 = Annotated[bool, typer.Option(
+    "--allow-invalid-utf8", help="let a byte-level model choose tokens that break a character (shown as U+FFFD); "
+    "by default they are masked")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="recompute the full context every token (reference path)")]
 Dtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], typer.Option(
     "--dtype", help="precision; auto: bfloat16 on CUDA, float32 elsewhere")]
-Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", show_default=False,
-                                                 help="torch.compile the decode step [default: on for CUDA only]")]
+Compile = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", show_default=False, help="torch.compile the decode step, sampling included "
+    "[default: on CUDA for jobs of 20,000+ tokens, which repay the compile]")]
 Threads = Annotated[Optional[int], typer.Option("--threads", show_default=False,
                                                 help="CPU threads [default: torch's, or OMP_NUM_THREADS]")]
 CpuSplit = Annotated[Literal["auto", "off"], typer.Option(
@@ -123,6 +131,7 @@ def sample_command(
     prompt: Prompt = None,
     prompt_file: PromptFile = None,
     lines: Lines = False,
+    interactive: Interactive = None,
     as_json: Json = False,
     checkpoint: CheckpointRef = None,
     store: Store = None,
@@ -136,6 +145,7 @@ def sample_command(
     num_samples: NumSamples = 1,
     stop: Stop = None,
     echo: Echo = True,
+    allow_invalid_utf8: AllowInvalidUtf8 = False,
     no_cache: NoCache = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -153,22 +163,41 @@ def sample_command(
         stops = stop or []
         check_flags(prompt, prompt_file, compile, no_cache, threads, seed)
         check_sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_samples, stops)
+        repl = wants_interactive(interactive, prompt, prompt_file, lines, as_json,
+                                 sys.stdin is not None and sys.stdin.isatty(), sys.stdout.isatty())
         model, tokenizer, info, dev = load(checkpoint, store, device, dtype, threads)
-        prompts = read_prompts(prompt, prompt_file, lines)
+        prompts = [""] if repl else read_prompts(prompt, prompt_file, lines)
         encoded = [encode_prompt(tokenizer, p, f"line {i + 1} of the prompts" if lines else "the prompt")
                    for i, p in enumerate(prompts)]
         engine, plan = make_engine(model, dev, num_samples, encoded, max_new_tokens, compile, no_cache, cpu_split)
         if verbose:
             typer.echo(describe(info, model, dev, engine, plan), err=True)
-        from gptkit.sampling import SamplingParams
+        if repl:
+            from gptkit.cli.interactive import Session, Settings
 
-        params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty)
+            settings = Settings(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stops,
+                                allow_invalid_utf8)
+            return Session(engine, tokenizer, settings, check_sampling, encode_prompt, stats or verbose).run()
+        params, utf8 = ready(engine, tokenizer, temperature, top_k, top_p, min_p, repetition_penalty,
+                             allow_invalid_utf8)
         printer = Printer("json" if as_json else "lines" if lines else "text", echo)
         for i, (p, ids) in enumerate(zip(prompts, encoded, strict=True)):
-            result = run_one(engine, tokenizer, printer, i, p, ids, max_new_tokens, params, seed, stops)
+            result = run_one(engine, tokenizer, printer, i, p, ids, max_new_tokens, params, seed, stops, utf8)
             if stats or verbose:
                 typer.echo(stats_line(result), err=True)
+
+
+def ready(engine: Any, tokenizer: Any, temperature: float, top_k: int | None, top_p: float, min_p: float,
+          repetition_penalty: float, allow_invalid_utf8: bool) -> tuple[Any, Any]:
+    """The sampling parameters and the valid-UTF-8 mask (None if allowed), the engine warmed up with them."""
+    from gptkit.completion import utf8_constraint
+    from gptkit.sampling import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_k=top_k or None, top_p=top_p, min_p=min_p,
+                            repetition_penalty=repetition_penalty)
+    utf8 = None if allow_invalid_utf8 else utf8_constraint(tokenizer, engine.model.config.vocab_size)
+    engine.warm_up(params, utf8=utf8 is not None)  # compiled: built and recorded here, so no stat counts the compile
+    return params, utf8
 
 
 def check_flags(prompt: str | None, prompt_file: Path | None, compile: bool | None, no_cache: bool,
@@ -209,11 +238,15 @@ def make_engine(model: Any, dev: Any, num_samples: int, encoded: list[list[int]]
                 compile: bool | None, no_cache: bool, cpu_split: str):
     """The decoding engine (after the memory check), and the CPU split plan it took ("off" if none)."""
     from gptkit.generate import Engine
-    from gptkit.runtime import check_sampling_memory, want_compile
+    from gptkit.runtime import check_sampling_memory, want_compile_decode
 
     precision = next(model.parameters()).dtype
     check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)
-    use_compile = want_compile(compile, dev) and not no_cache
+    steps = len(encoded) * max_new_tokens
+    use_compile = want_compile_decode(compile, dev, steps) and not no_cache
+    if use_compile and compile is None:  # the stall before the first token needs a reason
+        typer.echo(f"compiling the decode step: {steps:,} tokens to generate repay its compile "
+                   "(--no-compile skips it)", err=True)
     plan = "off"
     if dev.type == "cpu" and cpu_split == "auto" and not (no_cache or use_compile):
         from gptkit.split_linear import use_fastest
@@ -233,7 +266,7 @@ def describe(info: Any, model: Any, dev: Any, engine: Any, plan: str) -> str:
 
 
 def run_one(engine: Any, tokenizer: Any, printer: Printer, i: int, prompt: str, ids: list[int], max_new_tokens: int,
-            params: Any, seed: int | None, stops: list[str]) -> Any:
+            params: Any, seed: int | None, stops: list[str], utf8: Any) -> Any:
     """Generate the samples of prompt i, printing as they come; returns the result."""
     from gptkit.completion import complete
     from gptkit.generate import row_seed
@@ -242,6 +275,6 @@ def run_one(engine: Any, tokenizer: Any, printer: Printer, i: int, prompt: str, 
     # every sample of the job its own seed (see row_seed): lines are independent, each reproducible alone
     line_seed = None if seed is None else row_seed(seed, i * engine.num_samples)
     result = complete(engine, tokenizer, prompt, ids, max_new_tokens, params, line_seed, stops, tokenizer.eot_id,
-                      printer.on_text)
+                      printer.on_text, utf8)
     printer.end(result, i)
     return result

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gptkit.cli.app import CheckpointRef, Json, Quiet, Store, command, handle_errors
+from gptkit.cli.app import CheckpointRef, Glob, Json, Quiet, SkipBad, Store, TextField, command, handle_errors
 from gptkit.config import TrainConfig, check_bpe_vocab
 from gptkit.errors import InputError, UsageError
 from gptkit.fsio import check_output_file
@@ -50,7 +50,7 @@ def check_flags(modes: dict[str, bool], text: str | None, file: Path | None, lin
         raise UsageError("--compare takes its tokenizers (names or .json files) in its own list; drop "
                          "--tokenizer, --checkpoint and --save-tokenizer")
     if mode == "out" and text is None and file is None:
-        raise UsageError("--out needs the text file to tokenize: gptkit tokenize FILE --out DIR")
+        raise UsageError("--out needs the inputs to tokenize: gptkit tokenize FILE|FOLDER... --out DIR")
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     check_bpe_vocab(vocab_size)
@@ -124,14 +124,17 @@ Decode = Annotated[bool, typer.Option("--decode", help="read token ids, print th
 Compare = Annotated[Optional[str], typer.Option("--compare", metavar="<names>", help="tokenizers to compare side by "
                                                 "side on FILE, e.g. byte,gpt2,bpe")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="<dir>", help="build a dataset folder from "
-                                             "FILE: train.bin, val.bin, meta.json")]
-ValFraction = Annotated[float, typer.Option("--val-fraction", help="with --out: the last fraction held out")]
+                                             "the inputs: train.bin, val.bin, meta.json (with --glob, --text-field, "
+                                             "--skip-bad)")]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="with --out: the last fraction of each input "
+                                            "held out")]
 
 
 @command("tokenize", "See how text becomes tokens; build datasets.")
 def tokenize_command(
-    text: Optional[str] = typer.Argument(None, help="text to tokenize (`-` = stdin); the FILE for --out and "
-                                         "--compare; ids for --decode", show_default=False),
+    text: Optional[list[str]] = typer.Argument(None, metavar="TEXT", help="text to tokenize (`-` = stdin); the "
+                                                "FILE for --compare; ids for --decode; for --out, the inputs: files, "
+                                                "folders, .gz/.zst, .jsonl, `-`, URLs", show_default=False),
     file: File = None,
     tokenizer: TokenizerName = None,
     vocab_size: VocabSize = None,
@@ -147,6 +150,9 @@ def tokenize_command(
     compare: Compare = None,
     out: Out = None,
     val_fraction: ValFraction = 0.1,
+    glob: Glob = None,
+    text_field: TextField = None,
+    skip_bad: SkipBad = False,
     quiet: Quiet = False,
 ) -> None:
     """Show how text becomes tokens; compare tokenizers; build token datasets.
@@ -156,8 +162,10 @@ def tokenize_command(
     echo hello | gptkit tokenize --ids -t gpt2 | gptkit tokenize --decode -t gpt2
     gptkit tokenize --compare byte,gpt2,bpe novel.txt
     gptkit tokenize novel.txt --out data/novel -t bpe --vocab-size 4096
+    gptkit tokenize chapters/ more.jsonl.gz --out data/all -t gpt2
     """
     with handle_errors():
+        texts, text = text, _one_text(text, out, glob, text_field, skip_bad)
         modes = {"ids": ids, "json": json_out, "count": count, "decode": decode,
                  "compare": compare is not None, "out": out is not None}
         mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction, vocab_size)
@@ -169,8 +177,8 @@ def tokenize_command(
 
             train_text = read_text(train_file)
         if mode == "out":
-            _build(text, file, out, tokenizer, checkpoint, store, train_text, vocab_size, val_fraction,
-                   save_tokenizer, quiet)
+            _build(_inputs(texts, file, glob, text_field, skip_bad), out, tokenizer, checkpoint, store,
+                   train_text, vocab_size, val_fraction, save_tokenizer, quiet)
         elif mode == "compare":
             _compare(read_input(text, file, as_path=True), compare, vocab_size, train_text)
         else:
@@ -193,6 +201,28 @@ def _show(mode: str, source: str, spec: str | None, checkpoint: str | None, stor
         _view(tok, source)
     else:
         _script_output(tok, source, mode, lines)
+
+
+def _one_text(texts: list[str] | None, out: Path | None, glob: list[str] | None, text_field: str | None,
+              skip_bad: bool) -> str | None:
+    """The TEXT argument of every mode but --out (which takes several inputs, and the flags that choose them)."""
+    if out is None and (glob or text_field is not None or skip_bad):
+        raise UsageError("--glob, --text-field and --skip-bad go with --out")
+    if out is None and texts and len(texts) > 1:
+        raise UsageError(f"got {len(texts)} TEXT arguments; quote a text that has spaces (several inputs go "
+                         "with --out)")
+    return texts[0] if texts else None
+
+
+def _inputs(texts: list[str] | None, file: Path | None, glob: list[str] | None, text_field: str | None,
+            skip_bad: bool):
+    """--out's inputs: the FILE of --file, or every argument; `-` reads a pipe."""
+    from gptkit.data.sources import DataSpec
+
+    refs = (str(file),) if file is not None else tuple(texts or ())
+    if "-" in refs and sys.stdin.isatty():
+        raise UsageError("'-' reads the text from stdin: pipe it in, e.g. `cat *.txt | gptkit tokenize - --out DIR`")
+    return DataSpec(refs, tuple(glob or ()), text_field or "text", skip_bad, sys.stdin.buffer if "-" in refs else None)
 
 
 def _decode(tok, source: str, lines: bool) -> None:
@@ -267,33 +297,36 @@ def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | N
         sys.stdout.flush()
 
 
-def _build(text: str | None, file: Path | None, out: Path, spec: str | None, checkpoint: str | None,
-           store: Path | None, train_text: str | None, vocab_size: int | None, val_fraction: float,
-           save_tokenizer: Path | None, quiet: bool) -> None:
-    """--out: stream FILE into a dataset folder, with a progress bar on stderr at a terminal."""
-    from gptkit.cli.views import tokenize_view as render
+def _build(data, out: Path, spec: str | None, checkpoint: str | None, store: Path | None,
+           train_text: str | None, vocab_size: int | None, val_fraction: float, save_tokenizer: Path | None,
+           quiet: bool) -> None:
+    """--out: stream the inputs into a dataset folder, with progress on stderr."""
+    from gptkit.cli.views.data_view import BuildProgress, build_summary
     from gptkit.data.build import build_dataset
-    from gptkit.data.chunks import open_path
-
-    path = file if file is not None else Path(text)
+    from gptkit.data.sources import open_inputs
+    from gptkit.fsio import removed_on_error
     from gptkit.tokenizers import TOKENIZER_NAMES
 
     name = spec or TrainConfig.tokenizer
     given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
     if checkpoint is not None or train_text is not None or name not in TOKENIZER_NAMES:
         given = load_tokenizer_for(spec, checkpoint, store, train_text, vocab_size)
-    tf = open_path(path)
-    progress = render.BuildProgress(enabled=not quiet)
-    try:
-        ds = build_dataset(tf, out, None if given else name, vocab_size, val_fraction, given,
-                           source={"path": str(path.resolve()), "origin": str(path)}, progress=progress)
+    from gptkit.checkpoint import default_store
+
+    store = store or default_store()
+    progress = BuildProgress(enabled=not quiet)
+    try:  # stdin is kept beside the output while it is read: on that disk, not in a RAM-backed /tmp
+        with removed_on_error(out), open_inputs(data, store / ".cache", exclude=[out],
+                                                spool_dir=out.resolve().parent) as inputs:
+            ds = build_dataset(inputs, out, None if given else name, vocab_size, val_fraction, given,
+                               source={"refs": list(data.refs)}, on_event=progress, text_field=data.text_field,
+                               skip_bad=data.skip_bad)
     finally:
         progress.close()
-        tf.f.close()
+    progress.report()
     if save_tokenizer is not None:
         from gptkit.tokenizers.stored import save_tokenizer as save
 
         save(ds.tokenizer, save_tokenizer)
     if not quiet:
-        typer.echo(render.build_summary(ds), err=True)
-
+        typer.echo(build_summary(ds), err=True)

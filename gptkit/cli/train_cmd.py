@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 import typer
 
-from gptkit.cli.app import Quiet, Store, command, config_options, handle_errors, with_options
+from gptkit.cli.app import Glob, Quiet, SkipBad, Store, TextField, command, config_options, handle_errors, with_options
 from gptkit.config import (
     PRESETS,
     ModelConfig,
@@ -24,43 +24,71 @@ from gptkit.config import (
 )
 from gptkit.data.chunks import HEAD_BYTES, decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
+from gptkit.fsio import RUN_LOCK, check_run_free, lock_holder
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
+RUN_NAME = re.compile(r"[\w.-]+")  # letters and digits (any script), "_", "." and "-"
+MAX_RUN_NAME = 100
+
+
 def run_name_for(data: str | None) -> str:
-    """tinyshakespeare.txt -> 'tinyshakespeare'; a URL -> its file name; nothing -> 'builtin'."""
+    """tinyshakespeare.txt -> 'tinyshakespeare'; a folder -> its name; a URL -> its file name; nothing ->
+    'builtin'; stdin -> 'stdin'."""
     if data is None:
         return "builtin"
-    stem = Path(data.rstrip("/").split("?")[0]).stem or "run"
-    return re.sub(r"[^\w.-]+", "-", stem).strip("-") or "run"
+    if data == "-":
+        return "stdin"
+    name = Path(data.rstrip("/").split("?")[0]).name
+    for suffix in (".gz", ".zst", ".zstd"):
+        name = name[:-len(suffix)] if name.lower().endswith(suffix) else name
+    return (re.sub(r"[^\w.-]+", "-", Path(name).stem).strip("-.") or "run")[:MAX_RUN_NAME]
+
+
+def check_run_name(name: str) -> str:
+    """A run is a folder of the store: its name must not climb out of it, nest, or hide."""
+    if not 0 < len(name) <= MAX_RUN_NAME or name.startswith(".") or not RUN_NAME.fullmatch(name):
+        raise UsageError(f"--run {name!r} is not a run name: use letters, digits, '.', '_' and '-', at most "
+                         f"{MAX_RUN_NAME} characters, not starting with '.'")
+    return name
 
 
 def fresh_run_dir(store: Path, name: str) -> Path:
-    """A run folder that holds no checkpoint yet: name, then name-2, name-3, ..."""
+    """A run folder that holds no checkpoint yet and no training is writing: name, then name-2, ..."""
     candidate, n = store / name, 1
-    while (candidate / "last.safetensors").exists() or (candidate / "best.safetensors").exists():
+    while ((candidate / "last.safetensors").exists() or (candidate / "best.safetensors").exists()
+           or lock_holder(candidate / RUN_LOCK) is not None):
         n += 1
         candidate = store / f"{name}-{n}"
     return candidate
 
 
-def check_data_arg(data: str | None) -> None:
-    """Cheap checks before importing torch: the path exists and is a file or a dataset folder."""
-    if data is None or data.startswith(("http://", "https://")):
+def check_data_arg(data: list[str] | None, globs: list[str] | None = None, skip_bad: bool = False,
+                   store: Path | None = None) -> None:
+    """Cheap checks before importing torch: every path exists, folders hold files, a dataset folder
+    comes alone, "-" comes once and has a pipe behind it; a single text file's first MiB is text."""
+    from gptkit.data.sources import STDIN, is_dataset_folder, is_url, list_inputs
+
+    refs = list(data or [])
+    if refs.count(STDIN) > 1:
+        raise UsageError("'-' (stdin) can be given once")
+    if STDIN in refs and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("'-' reads the text from stdin: pipe it in, e.g. `cat *.txt | gptkit train -`")
+    if STDIN in refs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("'-' (stdin) cannot be read by several processes; under torchrun give files or folders")
+    paths = [r for r in refs if r != STDIN and not is_url(r)]
+    if len(refs) > 1 and any(is_dataset_folder(Path(r)) for r in paths):
+        raise InputError(f"{next(r for r in paths if is_dataset_folder(Path(r)))!r} is a dataset folder (it has "
+                         "meta.json): train on it alone, not with other inputs")
+    if len(refs) == 1 and paths and is_dataset_folder(Path(paths[0])):
         return
-    p = Path(data)
-    if not p.exists():
-        raise InputError(f"{data!r} does not exist; give a UTF-8 text file, a dataset folder, or an http(s) URL")
-    if p.is_dir():
-        if not (p / "meta.json").is_file():
-            raise InputError(f"{data!r} is a directory without meta.json; give a text file or a folder made by "
-                             "`gptkit tokenize FILE --out DIR`")
-        return
-    head = _read_head(p)
-    # the first MiB catches empty, binary and non-UTF-8 files before torch is even imported
-    decode_utf8(head, repr(data), cut=len(head) == HEAD_BYTES)
+    files = list_inputs(paths, globs or (), [store] if store else ())
+    if len(files) == 1 and len(refs) == 1 and not skip_bad and not (files[0].compression or files[0].jsonl):
+        head = _read_head(files[0].path)
+        # the first MiB catches empty, binary and non-UTF-8 files before torch is even imported
+        decode_utf8(head, files[0].label, cut=len(head) == HEAD_BYTES)
 
 
 def _read_head(p: Path) -> bytes:
@@ -71,12 +99,13 @@ def _read_head(p: Path) -> bytes:
         raise InputError(f"cannot read {str(p)!r}: {e.strerror}") from None
 
 
-@command("train", "Train a GPT on a text; checkpoints go to the store.")
+@command("train", "Train a GPT on texts; checkpoints go to the store.")
 @with_options(_OPTIONS)
 def train_command(
-    data: Optional[str] = typer.Argument(None, metavar="DATA", help="UTF-8 text file, dataset folder, or http(s) "
-                                         "URL [default: the built-in corpus of Python's docstrings]",
-                                         show_default=False),
+    data: Optional[list[str]] = typer.Argument(None, metavar="DATA", help="what to learn from: UTF-8 text "
+                                               "files, folders of them (recursive), .gz/.zst, .jsonl, `-` for stdin, "
+                                               "http(s) URLs, or one dataset folder [default: the built-in corpus of "
+                                               "Python's docstrings]", show_default=False),
     preset: Optional[Preset] = typer.Option(None, "--preset", show_default=False,
                                             help="the size and recipe to start from [default: quick on CPU, small "
                                                  "on MPS, baby on CUDA]"),
@@ -85,17 +114,22 @@ def train_command(
     print_config: bool = typer.Option(False, "--print-config", help="print the settings this command resolves "
                                       "(preset < --config < flags) as TOML, and exit"),
     run: Optional[str] = typer.Option(None, "--run", "-r", metavar="<name>", show_default=False,
-                                      help="run name in the store [default: from the data file name]"),
+                                      help="run name in the store: letters, digits, '.', '_', '-' (spell it "
+                                      "--run-name under torchrun, whose own parser claims --run) [default: from the "
+                                      "first input's name]"),
     run_name: Optional[str] = typer.Option(None, "--run-name", hidden=True),  # --run under torchrun, which claims it
     store: Store = None,
     resume: bool = typer.Option(False, "--resume", help="continue the run from its last.safetensors"),
     init_from: Optional[str] = typer.Option(None, "--init-from", metavar="<ckpt>", help="start from another "
                                             "checkpoint's weights and tokenizer (PATH or RUN)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run named by --run"),
+    glob: Glob = None,
+    text_field: TextField = None,
+    skip_bad: SkipBad = False,
     quiet: Quiet = False,
     **settings: Any,
 ) -> None:
-    """Train a GPT on a text and save checkpoints to checkpoints/<run>/.
+    """Train a GPT on texts and save checkpoints to checkpoints/<run>/.
 
     The defaults shown are what a CPU gets: the quick preset's where it sets them. --preset, or a GPU
     (baby) or Apple MPS (small) start from another preset; --print-config shows any run's settings.
@@ -104,6 +138,13 @@ def train_command(
         if print_config and resume:
             raise UsageError("--print-config shows a new run's settings; a resumed run keeps its own "
                              "(see `gptkit inspect RUN --json`)")
+        from gptkit.checkpoint import default_store
+
+        store = store or default_store()
+        run = run if run is not None else run_name
+        if run is not None:
+            check_run_name(run)
+        check_data_arg(data, glob, skip_bad, store)
         device_type = _device_type(settings.get("device"))
         file_values = load_toml(config) if config else {}
         name = chosen_preset(preset, file_values, settings, device_type)
@@ -111,15 +152,15 @@ def train_command(
         if print_config:
             typer.echo(to_toml(mc, tc, name), nl=False)
             return
-        check_data_arg(data)
         # what this command sets (flags, and the --config file): a resumed run keeps its own values for the rest
         explicit = {k for k, v in settings.items() if v is not None} | set(file_values)
-        from gptkit.checkpoint import default_store
-
-        store = store or default_store()
-        run_dir = _pick_run_dir(store, run or run_name, data, resume, overwrite)
-        if resume and data is None:
+        run_dir = _pick_run_dir(store, run, data[0] if data else None, resume, overwrite)
+        if resume and not data:
             data = _recorded_dataset(run_dir)
+        from gptkit.data.sources import DataSpec
+
+        spec = DataSpec(tuple(data or ()), tuple(glob or ()), text_field or "text", skip_bad,
+                        sys.stdin.buffer if data and "-" in data else None)
 
         from gptkit.cli.views.train_view import TrainView
         from gptkit.train import train
@@ -130,7 +171,7 @@ def train_command(
                                   explicit, resume)
         view = TrainView(quiet=quiet, first_line=settings_line)
         try:
-            result = train(mc, tc, data, run_dir, store, on_event=view, resume=resume, init_from=init_from,
+            result = train(mc, tc, spec, run_dir, store, on_event=view, resume=resume, init_from=init_from,
                            explicit=explicit)
         finally:
             view.close()
@@ -176,19 +217,23 @@ def _pick_run_dir(store: Path, run: str | None, data: str | None, resume: bool, 
         raise UsageError(f"run {run!r} already has checkpoints; pass --resume to continue it, --overwrite to "
                          "replace it, or choose another --run")
     if has_ckpt:
+        check_run_free(run_dir)  # never delete what a running training is writing
         for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
     return run_dir
 
 
-def _recorded_dataset(run_dir: Path) -> str | None:
+def _recorded_dataset(run_dir: Path) -> list[str] | None:
+    """What a run was trained on: its dataset folder if still there, else the inputs it was given."""
     from gptkit.checkpoint import LAST, read_info
 
     info = read_info(run_dir / LAST)
-    dataset = info.state.get("data", {}).get("dataset")
-    if dataset and Path(dataset, "meta.json").is_file():
-        return dataset
-    return info.state.get("data", {}).get("origin")
+    data = info.state.get("data", {})
+    if data.get("dataset") and Path(data["dataset"], "meta.json").is_file():
+        return [data["dataset"]]
+    if "refs" in data:
+        return list(data["refs"]) or None
+    return [data["origin"]] if data.get("origin") and data["origin"] != "builtin" else None
 
 
 def _summary(result) -> None:

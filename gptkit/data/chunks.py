@@ -1,35 +1,41 @@
-"""Reading a UTF-8 text file in bounded pieces, and cutting text where tokenization cannot change.
+"""Reading text in bounded pieces, where a text may be cut, and where its validation part begins.
 
-Owns the two rules that let a dataset be built in chunks yet come out identical to encoding the
-whole text at once, whatever the chunk size:
+Owns the rules that let a dataset be built in pieces yet come out identical to encoding each side
+whole, whatever the piece size:
 
-- **The train/validation split** is decided on the whole file, not per chunk: the byte offset at
-  `1 - val_fraction` moved to the start of the next line (`split_offset`).
+- **The train/validation split** of an input is one byte offset of its whole text: `1 - val_fraction`
+  of its bytes, moved forward to the next line start (after a newline, or where a document starts)
+  when one comes within `LOOKAHEAD` bytes, else left there at a character boundary (`Splitter`, which
+  finds it while the text streams past, so a compressed file need not be seekable).
 - **Chunk cuts** are made only where every pre-tokenizer regex we ship (GPT-2/r50k/p50k, cl100k,
   o200k, rustbpe's GPT-4 pattern) is certain to end a piece: after a newline that follows a
   non-space character and precedes a letter or digit (a line boundary), or, in a text with no such
   line over a long stretch, before the space in "letter space letter" (`find_cut`). A piece never
   spans such a cut, so encoding the chunks one by one gives exactly the ids of the whole text.
+  `Chunker` regroups one side's pieces into encoding tasks by that rule, and joins documents: with
+  the tokenizer's end-of-text id where it has one, else with a blank line.
 
 It also owns the one check of bytes that should be text (`check_text`: a NUL byte means a binary
-file, invalid UTF-8 is named by its first bad byte and that byte's offset in the file), which
-`sources.py` and `gptkit train`'s early look at a file use too (`decode_utf8`, `argument_text`); it streams a file as checked text
-blocks, skips a byte-order mark, and rejects empty files in one line. Standard library only; it does
-not tokenize (`build.py` does) and never holds more than a few blocks in memory.
+file, invalid UTF-8 is named by its first bad byte and that byte's offset in the file), which every
+reader uses (`decode_stream` for a stream of any length, `decode_utf8` for bytes in memory,
+`argument_text` for the command line); a byte-order mark is skipped. Standard library only; it
+does not tokenize (`build.py` does) and never holds more than a few blocks in memory.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import BinaryIO, Optional
 
 from gptkit.errors import InputError
 
 BOM = b"\xef\xbb\xbf"
-BLOCK_BYTES = 1 << 20  # how much of the file is read at a time
+BLOCK_BYTES = 1 << 18  # how much of a file is read at a time (about one chunk)
+LOOKAHEAD = 1 << 20  # how far past the cut the split looks for a line start
+DOC_END = None  # in a stream of pieces: one document ends, the next begins
+Piece = Optional[tuple[str, int]]  # (text, its length in UTF-8 bytes), or DOC_END
+Task = list  # what one encoding call gets: texts to encode one by one, and ids (end-of-text) between
 HEAD_BYTES = 1 << 20  # a NUL byte in this much of a file's start means a binary file
 # A line boundary: the newline is the whole whitespace run before it (so `\s+(?!\S)` and
 # `\s*[\r\n]+` both end exactly there) and a letter or digit follows (never a prefix of a piece
@@ -63,27 +69,13 @@ def split_text(text: str, size: int) -> Iterator[str]:
         start = end
 
 
-def rechunk(blocks: Iterable[str], size: int, exact: bool = True) -> Iterator[str]:
-    """Regroup text blocks into chunks of about `size` characters, cut by `find_cut` when `exact`
-    (needed for regex pre-tokenizers), else at the block ends (enough for char and byte)."""
-    buf, start = "", 0
-    for block in blocks:
-        buf = buf[start:] + block if start < len(buf) else block
-        start = 0
-        while len(buf) - start > size:
-            cut = find_cut(buf, start + size) if exact else len(buf)
-            if cut is None:
-                break  # no safe cut yet: read more (only a text without lines or spaces gets here)
-            yield buf[start:cut]
-            start = cut
-    if start < len(buf):
-        yield buf[start:]
-
-
-def check_binary(head: bytes, name: str) -> None:
-    """A NUL byte in the first MiB of a file means it is binary: UTF-8 text has none."""
-    if b"\x00" in head[:HEAD_BYTES]:
-        raise InputError(f"{name} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+def check_binary(head: bytes, name: str, at: int = 0) -> None:
+    """A NUL byte in the first MiB of a file means it is binary: UTF-8 text has none. `head` holds
+    the file's bytes from offset `at`."""
+    nul = head.find(b"\x00", 0, max(0, HEAD_BYTES - at))
+    if nul != -1:
+        raise InputError(f"{name} looks like a binary file (a NUL byte at byte offset {at + nul}); give a UTF-8 "
+                         "text file")
 
 
 def check_text(data: bytes, name: str, at: int = 0, cut: bool = False) -> str:
@@ -92,7 +84,7 @@ def check_text(data: bytes, name: str, at: int = 0, cut: bool = False) -> str:
     byte and its offset in the file. With `cut` (`data` stops before the file does), a character cut
     off at the end is left out instead of being called invalid."""
     if at < HEAD_BYTES:
-        check_binary(data[:HEAD_BYTES - at], name)
+        check_binary(data, name, at)
     if cut:
         data = data[:len(data) - _incomplete_tail(data)]
     try:
@@ -138,83 +130,6 @@ def argument_text(text: str, name: str) -> str:
     return decode_utf8(data, name, empty_ok=True)
 
 
-
-@dataclass
-class TextFile:
-    """An open UTF-8 file: its text lies in bytes [start, end) (start is 3 after a byte-order mark)."""
-
-    f: BinaryIO
-    name: str  # for messages: the path as the user gave it, quoted
-    start: int
-    end: int
-
-    @property
-    def n_bytes(self) -> int:
-        return self.end - self.start
-
-
-def open_text(f: BinaryIO, name: str) -> TextFile:
-    """Check a seekable binary stream holds text: not empty, no NUL in its first MiB (binary); its
-    UTF-8 is checked as it is read (`read_blocks`)."""
-    f.seek(0, 2)
-    end = f.tell()
-    f.seek(0)
-    head = f.read(HEAD_BYTES)
-    check_binary(head, name)
-    start = len(BOM) if head.startswith(BOM) else 0
-    if end - start == 0:
-        raise InputError(f"{name} is empty; give a file with some text in it")
-    return TextFile(f, name, start, end)
-
-
-def open_path(path: str | Path) -> TextFile:
-    """Open a text file by path with one-line errors for a missing file, a folder or no permission."""
-    p = Path(path)
-    name = repr(str(path))
-    if p.is_dir():
-        raise InputError(f"{name} is a directory; give a UTF-8 text file")
-    try:
-        f = open(p, "rb")  # noqa: SIM115 - closed by the caller (TextFile.f)
-    except FileNotFoundError:
-        raise InputError(f"{name} does not exist; give a path to a UTF-8 text file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {name}: {e.strerror}") from None
-    try:
-        return open_text(f, name)
-    except BaseException:
-        f.close()
-        raise
-
-
-def split_offset(tf: TextFile, val_fraction: float) -> int:
-    """Byte offset where validation starts: `1 - val_fraction` of the text, moved to the next line.
-
-    With no newline after that point the cut stays there (moved to a character boundary)."""
-    cut = tf.start + int(tf.n_bytes * (1.0 - val_fraction))
-    if cut >= tf.end:
-        return tf.end
-    tf.f.seek(cut)
-    pos = cut
-    while pos < tf.end:
-        block = tf.f.read(min(1 << 16, tf.end - pos))
-        if not block:
-            break
-        nl = block.find(b"\n")
-        if nl != -1:
-            return pos + nl + 1 if pos + nl + 1 < tf.end else _char_start(tf, cut)
-        pos += len(block)
-    return _char_start(tf, cut)
-
-
-def _char_start(tf: TextFile, pos: int) -> int:
-    """`pos` moved forward past UTF-8 continuation bytes (0b10xxxxxx) to a character start."""
-    tf.f.seek(pos)
-    for i, b in enumerate(tf.f.read(4)):
-        if b & 0xC0 != 0x80:
-            return pos + i
-    return min(pos + 4, tf.end)
-
-
 def _incomplete_tail(data: bytes) -> int:
     """How many bytes at the end of `data` are the start of a character cut off by the block end."""
     for i in range(1, min(4, len(data)) + 1):
@@ -226,25 +141,178 @@ def _incomplete_tail(data: bytes) -> int:
     return 0
 
 
-def read_blocks(tf: TextFile, start: int, end: int, block_bytes: int = BLOCK_BYTES,
-                on_bytes: Callable[[bytes], None] | None = None) -> Iterator[str]:
-    """The text of bytes [start, end) as decoded blocks, each ending on a character boundary.
-
-    `on_bytes` sees every raw block read (for hashing and progress). Invalid UTF-8 is an
-    `InputError` naming the byte offset in the file of the first bad byte."""
-    tf.f.seek(start)
-    pos, tail = start, b""
-    while pos < end:
-        raw = tf.f.read(min(block_bytes, end - pos))
-        if not raw:
-            raise InputError(f"{tf.name} became shorter while being read; do not change it during the build")
-        if on_bytes is not None:
-            on_bytes(raw)
+def decode_stream(f: BinaryIO, name: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[str, int]]:
+    """The text of a binary stream as checked (text, UTF-8 bytes) blocks, each ending on a character
+    boundary; a leading byte-order mark is skipped. Errors name `name` and the byte offset in the
+    stream of the first bad byte (a NUL within the first MiB, invalid UTF-8, a character cut off)."""
+    pos, tail, first = 0, b"", True
+    while raw := f.read(block_bytes):
         data_at = pos - len(tail)
         pos += len(raw)
         data = tail + raw
-        keep = _incomplete_tail(data) if pos < end else 0
+        if first:
+            if len(data) < len(BOM) and BOM.startswith(data):
+                tail = data  # too short to tell yet
+                continue
+            first = False
+            if data.startswith(BOM):
+                data, data_at = data[len(BOM):], data_at + len(BOM)
+        keep = _incomplete_tail(data)
         data, tail = (data[:-keep], data[-keep:]) if keep else (data, b"")
-        text = check_text(data, tf.name, at=data_at)
+        text = check_text(data, name, at=data_at)
         if text:
-            yield text
+            yield text, len(data)
+    if tail and not (first and BOM.startswith(tail)):
+        text = check_text(tail, name, at=pos - len(tail))  # a character cut off at the end: raises
+        yield text, len(tail)
+
+
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class Splitter:
+    """Sends one input's pieces to "train" until its validation part begins, then to "val".
+
+    The split is `1 - val_fraction` of the input's `total` text bytes, moved past the next newline
+    (or to the next document's start) if that comes within LOOKAHEAD bytes and before the end; else
+    it stays there, moved to a character boundary. Text after the cut is held until that is known,
+    so at most LOOKAHEAD bytes and one piece wait. `split` is the byte offset once found."""
+
+    def __init__(self, total: int, val_fraction: float) -> None:
+        self.total, self.cut = total, int(total * (1.0 - val_fraction))
+        self.pos = 0  # text bytes fed so far
+        self.state = "train"  # then "search" (past the cut, looking for a line start), then "val"
+        self.pending: list[Piece] = []
+        self.pending_bytes = 0
+        self.split: int | None = None
+        self._fallback_at = 0
+
+    def feed(self, piece: Piece) -> list[tuple[str, Piece]]:
+        if self.state == "val":
+            self.pos += 0 if piece is DOC_END else piece[1]
+            return [("val", piece)]
+        if piece is DOC_END:
+            if self.state == "train":
+                return [("train", piece)]
+            if self.pos < self.total:  # the next document starts a line after the cut
+                return self._split_at(self.pos, [])
+            self.pending.append(piece)
+            return []
+        text, n = piece
+        start = self.pos
+        self.pos += n
+        if self.state == "train":
+            if self.pos <= self.cut:
+                return [("train", piece)]
+            j = self.cut - start  # the cut falls in this piece: train keeps what lies before it
+            data = text.encode("utf-8") if not text.isascii() else None
+            while data is not None and j < n and data[j] & 0xC0 == 0x80:
+                j += 1  # to the start of the character the cut falls in
+            k = j if data is None else len(data[:j].decode("utf-8"))
+            self.state, self._fallback_at = "search", start + j
+            out = [("train", (text[:k], j))] if k else []
+            return out + self._search((text[k:], n - j), start + j) if k < len(text) else out
+        return self._search(piece, start)
+
+    def _search(self, piece: tuple[str, int], start: int) -> list[tuple[str, Piece]]:
+        text, n = piece
+        i = text.find("\n")
+        if i != -1:
+            head = text[:i + 1]
+            split = start + utf8_len(head)
+            if split < self.total:
+                b = split - start
+                return self._split_at(split, [("train", (head, b))] + ([("val", (text[i + 1:], n - b))]
+                                                                       if i + 1 < len(text) else []))
+        self.pending.append(piece)
+        self.pending_bytes += n
+        if i != -1 or self.pending_bytes > LOOKAHEAD:  # the newline ends the input, or none came soon enough
+            return self._give_up()
+        return []
+
+    def _split_at(self, split: int, tail: list[tuple[str, Piece]]) -> list[tuple[str, Piece]]:
+        out = [("train", p) for p in self.pending] + tail
+        self.pending, self.state, self.split = [], "val", split
+        return out
+
+    def _give_up(self) -> list[tuple[str, Piece]]:
+        out = [("val", p) for p in self.pending]
+        self.pending, self.state, self.split = [], "val", self._fallback_at
+        return out
+
+    def finish(self) -> list[tuple[str, Piece]]:
+        """Call after the last piece: what was still held, and `split` set."""
+        if self.state == "search":
+            return self._give_up()
+        if self.split is None:
+            self.split = self.pos if self.state == "train" else self.split
+        return []
+
+
+class Chunker:
+    """One side's pieces (train or val, input after input) regrouped into encoding tasks of about
+    `size` characters, cut by `find_cut` when `exact` (needed by regex pre-tokenizers; char and byte
+    need not). Documents are joined with the id `eot` where the tokenizer has one (each document
+    encoded apart), else with a blank line: a newline ends a document's last line where it lacks one,
+    then an empty line follows. `chars` counts the characters of the joined text."""
+
+    def __init__(self, size: int, exact: bool, eot: int | None = None) -> None:
+        self.size, self.exact, self.eot = size, exact, eot
+        self.buf = ""  # text not yet cut (for eot, of the current document only)
+        self.task: Task = []
+        self.task_chars = 0
+        self.chars = 0
+        self.open = False  # text came since the last document end
+        self.sep_due = False
+        self.ends_line = False
+
+    def feed(self, piece: Piece) -> list[Task]:
+        if piece is DOC_END:
+            if self.open:
+                self.open, self.sep_due = False, True
+                if self.eot is not None:
+                    self._take(self.buf)  # the document ends: its tail needs no cut
+                    self.buf = ""
+            return self._ready()
+        text = piece[0]
+        if not text:
+            return []
+        if self.sep_due:
+            self.sep_due = False
+            if self.eot is not None:
+                self.task.append(self.eot)
+            else:
+                sep = "\n" if self.ends_line else "\n\n"
+                self.buf += sep
+                self.chars += len(sep)
+        self.open = True
+        self.ends_line = text.endswith("\n")
+        self.chars += len(text)
+        buf, start, out = self.buf + text if self.buf else text, 0, []
+        while len(buf) - start > self.size:
+            cut = find_cut(buf, start + self.size) if self.exact else len(buf)
+            if cut is None:
+                break  # no safe cut yet: wait for more text (only text without lines or spaces gets here)
+            self._take(buf[start:cut])
+            start = cut
+            out += self._ready()  # one task per chunk: a block's chunks go to different threads
+        self.buf = buf[start:] if start else buf
+        return out + self._ready()
+
+    def _take(self, text: str) -> None:
+        if text:
+            self.task.append(text)
+            self.task_chars += len(text)
+
+    def _ready(self) -> list[Task]:
+        if self.task_chars < self.size:
+            return []
+        task, self.task, self.task_chars = self.task, [], 0
+        return [task]
+
+    def finish(self) -> list[Task]:
+        self._take(self.buf)
+        self.buf = ""
+        task, self.task, self.task_chars = self.task, [], 0
+        return [task] if task else []

@@ -1,12 +1,13 @@
 """Text -> token arrays on disk, the train/validation split, and random batches.
 
-Owns the dataset folder format shared by `gptkit train FILE.txt` (cached under the run) and
-`gptkit tokenize FILE --out DIR`:
+Owns the dataset folder format shared by `gptkit train INPUT...` (cached under the run) and
+`gptkit tokenize INPUT... --out DIR`:
 
     DIR/train.bin  DIR/val.bin   raw little-endian token ids (uint16 when the vocabulary fits, else uint32)
-    DIR/meta.json                tokenizer (complete), dtype, token and character counts, source and its sha256
+    DIR/meta.json                tokenizer (complete), dtype, token and character counts, and every
+                                 input: path, size, sha256, documents, bytes in train and in val
 
-Validation is the *last* `val_fraction` of the text, cut at a line boundary, so a held-out score
+Validation is the *last* `val_fraction` of each input, cut at a line boundary, so a held-out score
 measures text the model never saw. Building a folder, or reusing a cached one, is `build.py`
 (streamed, chunked, parallel); this module reads folders and samples batches.
 It does not train models or choose devices.
@@ -14,7 +15,6 @@ It does not train models or choose devices.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from gptkit.data.chunks import open_text, split_offset
+from gptkit.data.chunks import Splitter
 from gptkit.errors import InputError
 from gptkit.tokenizers.core import Tokenizer
 from gptkit.tokenizers.stored import tokenizer_from_dict
 
-DATASET_FORMAT = 1
+DATASET_FORMAT = 2  # 2: several inputs (meta.json lists them); 1 is read too
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -36,11 +36,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def split_point(text: str, val_fraction: float) -> int:
-    """Index in `text` where validation starts: the same cut `build_dataset` makes on the text's
+    """Index in `text` where validation starts: the same cut `build_dataset` makes on an input's
     UTF-8 bytes (val_fraction from the end, moved to the next line start)."""
-    data = text.encode("utf-8")
-    cut = split_offset(open_text(io.BytesIO(data), "text"), val_fraction)
-    return len(data[:cut].decode("utf-8"))
+    split = Splitter(len(text.encode("utf-8")), val_fraction)
+    parts = split.feed((text, len(text.encode("utf-8")))) + split.finish()
+    return sum(len(piece[0]) for side, piece in parts if side == "train" and piece is not None)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from gptkit.checkpoint import CheckpointInfo
 from gptkit.data.dataset import split_point
-from gptkit.data.sources import read_text, sha256_bytes
+from gptkit.data.sources import BUILTIN, builtin_corpus, read_text, sha256_bytes
 from gptkit.errors import InputError, TokenizerError
 from gptkit.introspect.tokens import label
 from gptkit.introspect.trace import Trace, piece, run_blocks
@@ -44,17 +44,21 @@ class TrainingText:
     warnings: list[str] = field(default_factory=list)
 
 
-def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
-    """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
-    When the text's sha256 matches the record, only the training split is used (validation was never
-    trained on); when it differs, a warning is returned and the whole file is used as it is."""
+def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[str, str, str, list[str]]:
+    """(text, path, its sha256, warnings): `data` if given, else the file the checkpoint's metadata
+    records; a warning when the text is not the one the checkpoint records (sha256 differs)."""
     record = info.state.get("data") or {}
     if data is None:
         path = record.get("path")
         if not path:
             raise InputError(f"{str(info.path)!r} records no training text; pass --data FILE with the text "
                              "it was trained on")
-        if not Path(path).is_file():
+        if path == BUILTIN:
+            path = str(builtin_corpus())  # made again from this Python's stdlib; the sha256 check below says if it differs
+        elif (record.get("files") or 1) > 1:
+            raise InputError(f"{str(info.path)!r} was trained on {record['files']} files; pass --data FILE with "
+                             "the one to search")
+        elif not Path(path).is_file():
             raise InputError(f"the training text recorded in the checkpoint, {path!r}, is not there; "
                              "pass --data FILE")
     else:
@@ -65,6 +69,15 @@ def training_text(info: CheckpointInfo, data: str | Path | None = None) -> Train
     if recorded and digest != recorded:
         warnings.append(f"{path!r} differs from the text this checkpoint was trained on (sha256 {digest[:12]}, "
                         f"recorded {recorded[:12]}); neighbours come from the file as it is now")
+    return text, path, digest, warnings
+
+
+def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
+    """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
+    When the text's sha256 matches the record, only the training split is used (validation was never
+    trained on); when it differs, a warning is returned and the whole file is used as it is."""
+    text, path, digest, warnings = read_source(info, data)
+    recorded = (info.state.get("data") or {}).get("sha256")
     val_fraction = (info.meta.get("train_config") or {}).get("val_fraction")
     if recorded and digest == recorded and val_fraction:
         return TrainingText(text[:split_point(text, val_fraction)], path, "training split", warnings)

@@ -163,7 +163,7 @@ def trace(model: GPT, ids: list[int]) -> Trace:
 
 def read_out(model: GPT, x: torch.Tensor) -> torch.Tensor:
     """Logits of a residual stream (..., C) read through the final norm and lm_head: (..., V)."""
-    return model.lm_head(model.transformer.ln_f(x))
+    return model.head(x)
 
 
 def top_tokens(tokenizer: Tokenizer, logits: torch.Tensor, k: int) -> list[dict[str, Any]]:

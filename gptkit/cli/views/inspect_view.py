@@ -275,12 +275,48 @@ class StdoutConsole(Console):
         raise BrokenPipeError
 
 
+def render_eval(console: Console, ev: dict[str, Any]) -> None:
+    """`--neighbors --eval N`: one row per predictor, the model's own accuracy beside them."""
+    lo, hi = ev["context"]
+    heading(console, "FFN-neighbour method, measured",
+            f"{ev['positions']:,} positions drawn (seed {ev['seed']}) from {ev['held_out_tokens']:,} held-out tokens, "
+            f"each with {lo}-{hi} tokens of context; neighbours: {ev['k']} per block among "
+            f"{ev['pool_positions']:,} positions of {ev['source']['path']} ({ev['source']['scope']})")
+    table = Table(show_edge=False)
+    for col in ("predictor", "top-1 = model", "KL", "Hellinger", "top-1 = next"):
+        table.add_column(col, justify="left" if col == "predictor" else "right")
+    for row in ev["rows"]:
+        if row["kind"] == "baseline" and row is ev["rows"][-2]:
+            table.add_section()
+        table.add_row(Text(row["name"], {"combined": "bold", "baseline": "dim"}.get(row["kind"], "")),
+                      f"{row['top1_agree']:.1%}", f"{row['kl']:.3f}", f"{row['hellinger']:.3f}",
+                      f"{row['top1_actual']:.1%}")
+    table.add_section()
+    table.add_row("the model", "", "", "", f"{ev['model']['top1_actual']:.1%}")
+    console.print(table)
+    cache = ev["cache"]
+    console.print(Text("Means over the positions. top-1 = model: how often a predictor's most likely token is the "
+                       "model's; KL(predictor ‖ model) in nats; Hellinger distance 0 (same) to 1 (disjoint); "
+                       "top-1 = next: how often it is the token that came next. The baselines: the training "
+                       "text's unigram distribution, and what followed the longest suffix of the context found "
+                       "in it (an n-gram model's longest match); they know no FFN at all.", "dim"))
+    console.print(Text(f"The longest matching suffix was "
+                       f"{ev['suffix_mean_length']:.1f} tokens on average. FFN outputs "
+                       f"{'computed' if cache['built'] else 'read from'} {cache['path']} in {cache['seconds']:.1f} s; "
+                       f"search {ev['seconds']['search']:.1f} s.", "dim"))
+
+
 def render(console: Console, summary: dict[str, Any], res: dict[str, Any] | None = None,
            nb: dict[str, Any] | None = None, layer: int | None = None, head: int | None = None,
-           numbers: bool = False, k: int = 10) -> None:
-    """The whole `inspect` view: the summary alone, or a header and every forward-pass view."""
+           numbers: bool = False, k: int = 10, ev: dict[str, Any] | None = None) -> None:
+    """The whole `inspect` view: the summary alone, or a header and every forward-pass view, and
+    the --eval table."""
     if res is None:
-        render_summary(console, summary)
+        if ev is None:
+            render_summary(console, summary)
+            return
+        render_header(console, summary)
+        render_eval(console, ev)
         return
     render_header(console, summary)
     console.print(Text("prompt tokens: ") + Text(" ".join(visible(t) for t in res["tokens"]), "cyan")
@@ -292,6 +328,8 @@ def render(console: Console, summary: dict[str, Any], res: dict[str, Any] | None
     render_attribution(console, res)
     if nb is not None:
         render_neighbors(console, nb)
+    if ev is not None:
+        render_eval(console, ev)
 
 
 @contextmanager
@@ -314,5 +352,36 @@ def scan_progress(stream=None) -> Iterator[Callable[[int, int], None]]:
         if quarter not in marks:
             marks.add(quarter)
             print(f"scanning positions: {done:,}/{total:,}", file=stream, flush=True)
+
+    yield line
+
+
+@contextmanager
+def phase_progress(stream=None) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback (what, done, total) for --eval's phases: a rich bar per phase on a terminal,
+    a line per quarter of each phase otherwise."""
+    stream = stream or sys.stderr
+    console = Console(file=stream)
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(what: str, done: int, total: int) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(what, total=total)
+                bar.update(tasks[what], completed=done, total=total)
+
+            yield update
+        return
+    marks: set[tuple[str, int]] = set()
+
+    def line(what: str, done: int, total: int) -> None:
+        quarter = 4 * done // max(1, total)
+        if (what, quarter) not in marks:
+            marks.add((what, quarter))
+            print(f"{what}: {done:,}/{total:,}", file=stream, flush=True)
 
     yield line

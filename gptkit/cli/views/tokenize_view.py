@@ -2,7 +2,7 @@
 
 Owns the colours (alternating token backgrounds; a character split across tokens underlined on
 underlined), the token and comparison tables, the plain forms scripts read (pieces joined by
-`|`, the --json document, tab-separated tables), and the dataset-build progress bar on stderr. It
+`|`, the --json document, tab-separated tables); a dataset build's progress is `data_view`'s. It
 computes nothing (`gptkit.introspect.tokens` does) and imports rich only when drawing for a terminal.
 The plain view and the --json document come as an iterator of parts of about CHUNK_TOKENS tokens
 each, so a text of tens of millions of tokens is written as it is made, never held as one string.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -166,47 +164,3 @@ def rich_compare(rows: list[CompareRow]) -> None:
     for r in rows:
         table.add_row(*_cells(r))
     Console(highlight=False).print(table)
-
-
-class BuildProgress:
-    """The `--out` progress bar on stderr (only at a terminal); silent otherwise."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and sys.stderr.isatty() and not os.environ.get("NO_COLOR") \
-            and os.environ.get("TERM") != "dumb"
-        self.progress: Any = None
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.progress is None:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.progress = Progress(TextColumn("{task.description:<13}"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), TimeRemainingColumn(),
-                                     console=Console(file=sys.stderr), transient=True)
-            self.progress.start()
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(phase, total=total)
-        self.progress.update(self.tasks[phase], completed=done)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
-def build_summary(ds: Any) -> str:
-    m = ds.meta
-    return (f"wrote {ds.path}/: {m['train_tokens']:,} train + {m['val_tokens']:,} val tokens "
-            f"({ds.tokenizer.name}, {ds.tokenizer.vocab_size:,} ids, {m['dtype']}); "
-            f"train on it with: gptkit train {ds.path}")

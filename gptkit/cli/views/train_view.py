@@ -1,7 +1,7 @@
 """Rendering of training: progress on stderr, the end-of-run loss curve.
 
 Owns how a run looks: a rich progress view when stderr is a terminal, plain log lines otherwise
-(so logs in files and CI stay readable). It computes nothing. Streaming generated text is
+(so logs in files and CI stay readable); the dataset build before it is drawn by `data_view`. It computes nothing. Streaming generated text is
 completion.py's job; inspect and tokenize have their own views.
 """
 
@@ -11,6 +11,8 @@ import math
 import os
 import sys
 from typing import IO, Any
+
+from gptkit.cli.views.data_view import BuildProgress
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -71,13 +73,20 @@ class TrainView:
     def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False,
                  first_line: str | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.first_line = first_line  # printed when the run starts: the settings it runs with
+        self.first_line = first_line  # the settings the run uses: printed before anything else
         self.log_every = log_every
         self.quiet = quiet
         self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.progress = None
         self.task = None
         self.evals: list[dict[str, Any]] = []
+        self.data = BuildProgress(not quiet, self.stream, self._first)  # the dataset build before the first step
+
+    def _first(self) -> None:
+        """The settings line, once, before the first other line (a dataset build's progress included)."""
+        if self.first_line and not self.quiet:
+            line, self.first_line = self.first_line, None
+            self._line(line)
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -87,8 +96,16 @@ class TrainView:
 
     def __call__(self, e: dict[str, Any]) -> None:
         kind = e["event"]
+        if kind in ("data", "skipped"):
+            self.data(e)
+            return
+        if kind == "start":
+            self.data.report()  # the dataset is ready
         if kind == "eval":
             self.evals.append(e)
+        if kind == "warning":  # even when quiet: it says why the run is slower than it should be
+            self._first()
+            self._line(f"warning: {e['message']}")
         if self.quiet:
             return
         if kind == "start":
@@ -107,8 +124,7 @@ class TrainView:
                     self._line(row)
 
     def _start(self, e: dict[str, Any]) -> None:
-        if self.first_line:
-            self._line(self.first_line)
+        self._first()
         what = "resuming" if e["resumed"] else "training"
         budget = f"{e['max_iters']} steps" + (f" or {_fmt_time(e['max_time'])}" if e.get("max_time") else "")
         self._line(f"{what} {e['params'] / 1e6:.2f}M parameters on {e['device']} ({e['dtype']}"
@@ -138,6 +154,7 @@ class TrainView:
             self._line(f"step {e['step']:>6} | {info} | {_fmt_time(e['elapsed'])} | ETA {_fmt_time(eta(e))}")
 
     def close(self) -> None:
+        self.data.close()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
