@@ -7,7 +7,8 @@ and an excerpt of what it printed; the intro's excerpt is then cut from those bl
 
 Run it on a quiet machine: the numbers (steps in 60 s, losses) are the machine's. The excerpts keep
 the lines tests/test_docs.py can check on a shorter run with the numbers let vary: the settings and
-start lines, the evaluations, the summary; never the loss plot, whose shape is the run's own.
+start lines, the evaluations, the summary, a sample's first four lines; never the loss plot, whose
+shape is the run's own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def excerpt(command: str, output: str) -> list[str]:
         return [lines[0], lines[1], *keep, *[ln for ln in lines if ln.startswith(("done:", "saved to"))]]
     if sub == "inspect":
         return [*lines[:next(i for i, ln in enumerate(lines) if ln.startswith("tokenizer:")) + 1], "…"]
+    if sub == "sample" and len(lines) > 4:
+        return [*lines[:4], "…"]
     return lines
 
 
