@@ -125,8 +125,8 @@ def main() -> None:
         make_text(tmp / "small.txt", 1e6, corpora)
         print(f"{big / 1e6:,.1f} MB text (English, Shakespeare, Korean repeated); {os.cpu_count()} CPUs", flush=True)
         tok_s, tok_mb = run(["tokenize", "big.txt", "--out", "ds", "-t", "gpt2", "-q"], tmp)
-        _, base_mb = run(["train", "small.txt", "--checkpoints", "store", "--run", "small", *TRAIN], tmp)
-        train_s, train_mb = run(["train", "big.txt", "--checkpoints", "store", "--run", "big", *TRAIN], tmp)
+        _, base_mb = run(["train", "small.txt", "--store", "store", "--run", "small", *TRAIN], tmp)
+        train_s, train_mb = run(["train", "big.txt", "--store", "store", "--run", "big", *TRAIN], tmp)
         extra = train_mb - base_mb
         print(f"tokenize --out: {tok_s:7.2f} s  {big / 1e6 / tok_s:6.2f} MB/s  peak RSS {tok_mb:6.0f} MB")
         print(f"train 1 step:   {train_s:7.2f} s  = {train_s / tok_s:.2f}x tokenize's time (target <= 1.2x)  "

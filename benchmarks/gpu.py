@@ -312,7 +312,7 @@ def check_user(h: Harness) -> dict[str, Any]:
     budget = ["--preset", "tiny", "--n-layer", "1", "--n-embd", "32", "--block-size", "32", "--max-iters", "6",
               "--eval-interval", "3", "--eval-iters", "1"] if h.dry else ["--max-time", "90s"]
     t = time.perf_counter()
-    trained = cli(h.work, "train", str(DATA), "--run", "shakespeare", "--checkpoints", store, *budget, timeout=600)
+    trained = cli(h.work, "train", str(DATA), "--run", "shakespeare", "--store", store, *budget, timeout=600)
     train_s = time.perf_counter() - t
     out: dict[str, Any] = {"train_exit": trained.returncode, "train_s": round(train_s, 1),
                            "train_tail": trained.stderr.strip().splitlines()[-3:]}
@@ -321,7 +321,7 @@ def check_user(h: Harness) -> dict[str, Any]:
         state = checkpoint.read_info(last).state
         out.update(step=state["step"], val_loss=state["val_loss"], trained_s=round(state["elapsed"], 1),
                    tokens_per_sec=round(state["tokens_seen"] / state["elapsed"]))
-    sampled = cli(h.work, "sample", "-c", "shakespeare", "--checkpoints", store, "--prompt", "ROMEO:",
+    sampled = cli(h.work, "sample", "-c", "shakespeare", "--store", store, "--prompt", "ROMEO:",
                   "-n", "50" if h.dry else "500",
                   "--stats", "-v", "--seed", "1", timeout=300)
     out.update(sample_exit=sampled.returncode, sample_stderr=sampled.stderr.strip().splitlines()[-3:],

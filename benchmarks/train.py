@@ -170,7 +170,7 @@ def throughput(seconds: float, record: bool) -> None:
         print(f"  nanoGPT's way: {b['tokens_per_sec']:8.0f} tokens/s, peak RSS {base['rss'] / 2**30:.2f} GiB "
               f"({b['steps']} steps)", flush=True)
         cmd = [sys.executable, "-m", "gptkit", "train", str(DATA), "--preset", "baby", "--run", "r",
-               "--checkpoints", str(store)]
+               "--store", str(store)]
         code, ours = run_child(cmd, seconds, store)
         assert code in (0, 130), ours["stderr"][-2000:]
         from gptkit.checkpoint import LAST, read_info

@@ -18,13 +18,14 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gptkit.config import ModelConfig, from_dict
 from gptkit.errors import CheckpointError, GptkitError, TokenizerError
 from gptkit.fsio import atomic_write, clean_stale_temps
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "gptkit"
 FORMAT_VERSION = 1
@@ -35,11 +36,14 @@ JSON_META = ("model_config", "train_config", "tokenizer", "state")
 
 
 def default_store() -> Path:
-    return Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
+    """GPTKIT_STORE, else the previous release's GPTKIT_CHECKPOINTS, else ./checkpoints."""
+    return Path(os.environ.get("GPTKIT_STORE") or os.environ.get("GPTKIT_CHECKPOINTS") or "checkpoints")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module behind DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    import torch  # here, not at import: reading a header (`gptkit runs`, read_info) needs no torch
+
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -58,6 +62,8 @@ def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     """AdamW moments keyed by parameter *name*, so a resumed run never depends on parameter order."""
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
     rows = {k: v.shape[0] for k, v in unwrap(model).state_dict().items() if v.dim()}  # without the vocabulary's padding
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -92,7 +98,7 @@ def save(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     except (OSError, SafetensorError) as e:  # safetensors reports a failed write (a full disk) as its own error
         raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({getattr(e, 'strerror', None) or e}); "
-                              "the previous checkpoint is unchanged — free space or choose --checkpoints DIR") from None
+                              "the previous checkpoint is unchanged — free space or choose --store DIR") from None
     return path
 
 
@@ -250,6 +256,48 @@ def list_runs(store: Path) -> list[Path]:
     if not store.is_dir():
         return []
     return sorted(p for p in store.iterdir() if p.is_dir() and ((p / LAST).is_file() or (p / BEST).is_file()))
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One run as `gptkit runs` lists it, from its last checkpoint's header (no tensor is read):
+    name, last write, steps, tokens seen, parameters, tokenizer, best validation loss in nats/token
+    and bits/char, training time. A checkpoint that cannot be read gives {"name", "error"} instead."""
+    files = [run_dir / n for n in (LAST, BEST) if (run_dir / n).is_file()]  # last holds the latest step
+    out: dict[str, Any] = {"name": run_dir.name, "path": str(files[0]),
+                           "updated": max(f.stat().st_mtime for f in files)}
+    try:
+        info = read_info(files[0])
+        cfg = info.model_config
+    except (CheckpointError, TypeError) as e:
+        return {**out, "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    st, tok = info.state, info.meta["tokenizer"]
+    best, last, last_bpc = st.get("best_val_loss"), st.get("val_loss"), st.get("val_bpc")
+    params = sum(math.prod(t["shape"]) for k, t in info.tensors.items() if k.startswith("model."))
+    return {**out, "step": st.get("step"), "tokens_seen": st.get("tokens_seen"), "params": params,
+            "tokenizer": tok.get("name") or tok.get("kind"), "vocab_size": cfg.vocab_size,
+            "best_val_loss": best,  # bits/char from the run's own tokens per char (val_bpc / val_loss)
+            "best_val_bpc": best * last_bpc / last if best is not None and last and last_bpc else None,
+            "elapsed": st.get("elapsed")}
+
+
+def val_curve(run_dir: Path, until_step: int | None = None) -> list[dict[str, float]]:
+    """The evaluations in a run's metrics.jsonl (up to `until_step`), one per step: the last value of a
+    step, so the steps a resumed run repeats count once. A missing or damaged file gives what it can."""
+    points: dict[int, dict[str, float]] = {}
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(e, dict) or e.get("event") != "eval" or not isinstance(e.get("step"), int):
+            continue
+        if until_step is None or e["step"] <= until_step:
+            points[e["step"]] = {k: e[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "elapsed") if k in e}
+    return [points[s] for s in sorted(points)]
 
 
 def newest_run(store: Path) -> Path:

@@ -78,7 +78,7 @@ class TrainConfig:
     tokens_per_step: int | None = _f(None, "tokens per optimizer step over all processes; micro-batches are "
                                            "split to reach it (presets set it)")
     max_iters: int = _f(2000, "optimizer steps to run")
-    max_time: float | None = _f(None, "wall-clock budget in seconds (flag accepts 90s, 10m, 1h30m)")
+    max_time: float | None = _f(None, "wall-clock budget in seconds (flag accepts 90s, 10m, 1h30m; unset: none)")
     learning_rate: float = _f(1e-3, "peak learning rate after warmup")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = _f(100, "linear warmup steps")
@@ -147,7 +147,7 @@ DEFAULT_PRESET = "quick"
 # 10M shakespeare-char model. A preset named on the command line or in a config file always wins.
 DEVICE_PRESETS = {"cpu": "quick", "mps": "small", "cuda": "baby"}
 
-_CHOICES = {
+CHOICES = {  # the settings with a closed set of values (the CLI makes them Literal choices)
     "pos_encoding": ("learned", "rope"),
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "swiglu"),
@@ -221,6 +221,16 @@ def _apply(model: dict[str, Any], train: dict[str, Any], values: dict[str, Any])
             train[key] = value
 
 
+def chosen_preset(preset: str | None, file_values: dict[str, Any], overrides: dict[str, Any],
+                  device_type: str = "cpu") -> str:
+    """The preset a run starts from: named by a flag, else by the config file, else the device's."""
+    name = (overrides.get("preset") or preset or file_values.get("preset")
+            or DEVICE_PRESETS.get(device_type, DEFAULT_PRESET))
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return name
+
+
 def resolve_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -233,10 +243,7 @@ def resolve_config(
     _check_known(file_values, f"config file {str(config_file)!r}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     _check_known(overrides, "overrides")
-    name = (overrides.get("preset") or preset or file_values.get("preset")
-            or DEVICE_PRESETS.get(device_type, DEFAULT_PRESET))
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    name = chosen_preset(preset, file_values, overrides, device_type)
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     _apply(model, train, PRESETS[name]["model"])
@@ -313,7 +320,7 @@ def validate(mc: ModelConfig, tc: TrainConfig) -> None:
     check_bpe_vocab(tc.vocab_size)
     check_seed(tc.seed)
     for obj in (mc, tc):
-        for name, choices in _CHOICES.items():
+        for name, choices in CHOICES.items():
             if hasattr(obj, name):
                 v = getattr(obj, name)
                 need(v in choices, f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {v!r}")
@@ -331,6 +338,46 @@ def check_seed(seed: int | None) -> None:
         raise UsageError(f"--seed must be a whole number from 0 to 2**63-1, got {seed}")
 
 
+def differences(mc: ModelConfig, tc: TrainConfig, preset: str) -> dict[str, Any]:
+    """The settings of (mc, tc) that differ from what `preset` alone gives (the model's vocab_size,
+    set from the tokenizer, aside)."""
+    base_mc, base_tc = resolve_config(preset)
+    out = {}
+    for obj, base in ((mc, base_mc), (tc, base_tc)):
+        for f in fields(obj):
+            if obj is mc and f.name == "vocab_size":
+                continue
+            if getattr(obj, f.name) != getattr(base, f.name):
+                out[f.name] = getattr(obj, f.name)
+    return out
+
+
+def to_toml(mc: ModelConfig, tc: TrainConfig, preset: str) -> str:
+    """The settings as a config file that `--config` reads back to the same values: the preset, then a
+    [model] and a [train] table. A setting left unset (None) is a comment saying so."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+        return repr(v)
+
+    lines = [f"preset = {value(preset)}"]
+    for table, obj in (("model", mc), ("train", tc)):
+        lines += ["", f"[{table}]"]
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if obj is mc and f.name == "vocab_size":
+                lines.append("# vocab_size is set from the tokenizer (see [train] tokenizer and vocab_size)")
+            elif v is None:
+                lines.append(f"# {f.name} (unset): {f.metadata.get('help', '')}")
+            else:
+                lines.append(f"{f.name} = {value(v)}")
+    return "\n".join(lines) + "\n"
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
@@ -343,5 +390,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 __all__ = [
     "ModelConfig", "TrainConfig", "SampleConfig", "PRESETS", "DEFAULT_PRESET", "mlp_hidden", "approx_params",
-    "parse_duration", "load_toml", "resolve_config", "validate", "check_seed", "to_dict", "from_dict",
+    "parse_duration", "load_toml", "chosen_preset", "resolve_config", "differences", "to_toml", "validate",
+    "check_seed", "to_dict", "from_dict",
 ]

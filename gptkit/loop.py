@@ -229,7 +229,7 @@ class Loop:
                     f.write(json.dumps({**event, "time": time.time()}) + "\n")
             except OSError as e:  # a full disk: stop cleanly; the last checkpoint is untouched
                 raise CheckpointError(f"cannot write {str(self.metrics)!r} ({e.strerror or e}); the last "
-                                      "checkpoint is unchanged — free space or choose --checkpoints DIR") from None
+                                      "checkpoint is unchanged — free space or choose --store DIR") from None
 
     def run(self) -> TrainResult:
         tc, st = self.tc, self.state

@@ -198,6 +198,6 @@ def check_writable(run_dir: Path) -> None:
             pass
     except OSError as e:
         raise CheckpointError(f"cannot write to checkpoint folder {str(run_dir)!r} ({e.strerror or e}); "
-                              "choose a writable --checkpoints DIR") from None
+                              "choose a writable --store DIR") from None
 
 

@@ -38,6 +38,9 @@ def test_train_then_sample_end_to_end(tmp_path):
                    "--n-layer", "2", "--n-embd", "64", "--block-size", "32", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # progress goes to stderr; stdout is for product output
+    # the first line: the preset a CPU gets, and exactly the settings these flags change from it
+    assert proc.stderr.splitlines()[0] == ("settings: preset quick (the default on cpu); differs: n_layer=2, "
+                                           "n_embd=64, block_size=32, max_iters=60, eval_interval=30, eval_iters=5")
     assert "val loss" in proc.stderr and "bits/char" in proc.stderr
     assert "└" in proc.stderr and "sample -c tinyshakespeare" in proc.stderr  # the curve, then what to run next
     assert (tmp_path / "checkpoints" / "tinyshakespeare" / "last.safetensors").is_file()
@@ -52,6 +55,26 @@ def test_train_then_sample_end_to_end(tmp_path):
     assert (tmp_path / "checkpoints" / "tinyshakespeare-2" / "last.safetensors").is_file()
 
 
+def test_the_settings_line_comes_before_what_the_dataset_build_prints(tmp_path, capsys):
+    """The build reports before the run starts (here: the file --skip-bad left out); the settings still
+    come first, and a resumed run's first line names only what that command changes."""
+    from tests.conftest import run_here
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    (tmp_path / "texts" / "b.bin").write_bytes(b"\x00\x01binary" * 100)
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--block-size", "16", "--eval-iters", "2", "--store", str(tmp_path / "s")]
+    proc = run_here(capsys, "train", str(tmp_path / "texts"), "--skip-bad", "--max-iters", "2", *tiny)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == ("settings: preset quick (the default on cpu); differs: n_layer=1, n_embd=32, block_size=16, "
+                        "max_iters=2, eval_iters=2")
+    assert lines[1].startswith("skipped 1 bad file (--skip-bad): ") and "b.bin" in lines[1], lines[:3]
+    again = run_here(capsys, "train", "--run", "texts", "--resume", "--max-iters", "3", *tiny[-2:])
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[0] == "settings: the resumed run's own; changed by this command: max_iters=3"
+
+
 @pytest.mark.parametrize("content", [b"", b"   \n\n", b"\xff\xfe\x00bad", b"abc\xc3\x28def"])
 def test_bad_training_files(tmp_path, content):
     f = tmp_path / "bad.txt"
@@ -63,7 +86,7 @@ def test_bad_training_files(tmp_path, content):
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "missing.txt"], "does not exist"),
-    (["train", str(SHAKESPEARE), "--preset", "huge"], "unknown preset"),
+    (["train", str(SHAKESPEARE), "--preset", "huge"], "huge"),
     (["train", str(SHAKESPEARE), "--max-time", "soon"], "duration"),
     (["train", str(SHAKESPEARE), "--max-iters", "abc"], "max-iters"),
     (["train", str(SHAKESPEARE), "--n-embd", "100", "--n-head", "3"], "multiple"),
@@ -89,19 +112,49 @@ def test_korean_prompt_on_a_char_model_without_hangul(tmp_path, trained_run):
     assert_one_line_error(proc, "안")
 
 
-def test_train_help_states_the_defaults_a_cpu_gets():
-    """Without --preset a CPU trains `quick`, so `--batch-size [default: 12]` (the dataclass's) was wrong."""
+def test_train_help_states_the_defaults_a_cpu_gets_and_says_so_once():
+    """Without --preset a CPU trains `quick`, so `--batch-size [default: 12]` (the dataclass's) was wrong;
+    each option shows the value a CPU run really uses, and the command's help says whose they are."""
     import typer
 
     from gptkit.cli import app
-    from gptkit.config import PRESETS, resolve_config
+    from gptkit.config import ModelConfig, TrainConfig, resolve_config
 
     train = typer.main.get_command(app).commands["train"]
     helps = {p.name: p.help for p in train.params if p.help}
     mc, tc = resolve_config(None, None, {}, device_type="cpu")  # what a CPU run actually uses
-    for name in ("tokens_per_step", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer"):
+    assert (mc.pos_encoding, tc.optimizer, tc.tokens_per_step) != ("learned", "adamw", None)  # quick is not the dataclass
+    for name in ("tokens_per_step", "max_iters", "learning_rate", "pos_encoding", "optimizer", "n_layer", "norm", "seed"):
         value = getattr(tc, name, getattr(mc, name, None))
-        assert f"[default: {value} on CPU (quick preset)" in helps[name], helps[name]
-    assert helps["pos_encoding"].endswith("else learned]")  # only quick changes it
-    assert "unless --preset baby sets it" in helps["dropout"] and "baby" in PRESETS
-    assert helps["norm"].endswith("[default: layernorm]")  # no preset sets it
+        assert helps[name].endswith(f"[default: {value}]"), helps[name]
+    assert "[default: None]" not in " ".join(helps.values())
+    for name in ("vocab_size", "batch_size", "grad_accum", "log_interval", "max_time", "compile"):  # unset: prose says
+        assert "[default:" not in helps[name] and ("default" in helps[name] or "unset" in helps[name]), helps[name]
+    assert "quick preset" in train.help and train.help.count("quick") == 1
+    assert {f.name for f in [*ModelConfig.__dataclass_fields__.values(), *TrainConfig.__dataclass_fields__.values()]
+            } - {"vocab_size"} <= set(helps) | {"vocab_size"}
+
+
+def test_no_help_shows_default_none_and_choices_are_listed_and_enforced(tmp_path):
+    import typer
+
+    from gptkit.cli import app
+
+    root = typer.main.get_command(app)
+    for name, cmd in root.commands.items():
+        text = cmd.get_help(cmd.context_class(cmd, info_name=name, parent=root.context_class(root, info_name="gptkit")))
+        assert "[default: None]" not in text, name
+    train_help = run_cli("train", "--help").stdout
+    assert "<adamw|muon>" in train_help and "<learned|rope>" in train_help and "<quick|tiny|small|baby|gpt2>" in train_help
+    assert "<auto|off>" in run_cli("sample", "--help").stdout
+    for args in (["train", "--optimizer", "sgd"], ["train", "--preset", "huge"], ["sample", "--dtype", "fp8"],
+                 ["train", "--norm", "batchnorm"], ["convert", "a", "b", "--dtype", "auto"]):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert_one_line_error(proc, args[-2])
+        assert proc.returncode == 2 and "is not one of" in proc.stderr, proc.stderr
+
+
+def test_commands_are_listed_in_the_order_a_user_works():
+    out = run_cli("--help").stdout
+    listed = [ln.split()[0] for ln in out.split("Commands:")[1].splitlines() if ln.strip()]
+    assert listed == ["tokenize", "train", "sample", "inspect", "runs", "convert"]

@@ -1,8 +1,9 @@
-"""The README's "Command reference" lists exactly the subcommands, arguments and flags of the Typer app.
+"""docs/cli.md, the command reference, is generated from the Typer app and must match it exactly.
 
-The app is walked through click (`typer.main.get_command`), so a flag added to or removed from any
-command without a matching README line fails here. The descriptions are free text (first written by
-`render()`); only the names are compared. Print a fresh section with `python -m tests.test_command_reference`.
+The app is walked through click (`typer.main.get_command`): one line per subcommand, argument and
+flag, with the help text `--help` prints. A flag added, removed or reworded without regenerating the
+page fails here, first with the names that differ, then with the first line that differs.
+Regenerate it with `python -m tests.test_command_reference > docs/cli.md`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import typer
 
 from tests.conftest import ROOT
 
-README = ROOT / "README.md"
-HEADING = "## Command reference"
-INTRO = ("One line per subcommand, argument and flag, as `gptkit COMMAND --help` prints them. "
-         "`tests/test_command_reference.py`\nfails when a flag is added or removed without updating this "
-         "list; print a fresh one with `python -m tests.test_command_reference`.")
+PAGE = ROOT / "docs" / "cli.md"
+HEADING = "# Command reference"
+INTRO = ("One line per command, argument and flag, as `gptkit COMMAND --help` prints them, in the order a\n"
+         "user works. Generated from the app by `python -m tests.test_command_reference > docs/cli.md`;\n"
+         "`tests/test_command_reference.py` fails when this page and the app differ. Two spellings still\n"
+         "work without being listed: `--checkpoints` (and `GPTKIT_CHECKPOINTS`), the old name of `--store`,\n"
+         "kept for one release; and `train --run-name`, for `--run` under torchrun, whose parser claims `--run`.")
 
 
 def app_command():
@@ -33,12 +36,17 @@ def param_names(param) -> list[str]:
     return [*param.opts, *param.secondary_opts]
 
 
+def shown(params) -> list:
+    """The parameters `--help` lists (not -h itself, nor hidden compatibility spellings)."""
+    return [p for p in params if p.name != "help" and not getattr(p, "hidden", False)]
+
+
 def app_reference() -> dict[str, set[str]]:
     """{command path: names of its arguments and flags} for the root and every subcommand."""
     root = app_command()
-    ref = {"gptkit": {n for p in root.params for n in param_names(p) if n not in ("--help", "-h")}}
+    ref = {"gptkit": {n for p in shown(root.params) for n in param_names(p)}}
     for name, cmd in root.commands.items():
-        ref[f"gptkit {name}"] = {n for p in cmd.params for n in param_names(p)}
+        ref[f"gptkit {name}"] = {n for p in shown(cmd.params) for n in param_names(p)}
     return ref
 
 
@@ -55,28 +63,22 @@ def param_line(param, ctx) -> str:
 
 
 def render() -> str:
-    """The README section, generated from the app (help texts as they are now)."""
+    """The page, generated from the app (help texts as they are now)."""
     root = app_command()
     root_ctx = root.context_class(root, info_name="gptkit")
     lines = [HEADING, "", INTRO, "", f"**`gptkit`** — {one_line(root.help)}"]
-    lines += [param_line(p, root_ctx) for p in root.params if p.name != "help"]
+    lines += [param_line(p, root_ctx) for p in shown(root.params)]
     for name, cmd in root.commands.items():
         ctx = cmd.context_class(cmd, info_name=name, parent=root_ctx)
         args = " ".join(p.name.upper() if p.required else f"[{p.name.upper()}]"
                         for p in cmd.params if p.param_type_name == "argument")
         summary = one_line((cmd.help or "").split("\n\n")[0])
         lines += ["", f"**`gptkit {name}{' ' + args if args else ''}`** — {summary}"]
-        lines += [param_line(p, ctx) for p in cmd.params if p.name != "help"]
+        lines += [param_line(p, ctx) for p in shown(cmd.params)]
     return "\n".join(lines) + "\n"
 
 
-def readme_section(text: str) -> str:
-    start = text.index(HEADING + "\n")
-    end = text.find("\n## ", start + len(HEADING))
-    return text[start:end if end != -1 else len(text)]
-
-
-def readme_reference(section: str) -> dict[str, set[str]]:
+def page_reference(section: str) -> dict[str, set[str]]:
     """{command path: names} from the section: a `**`gptkit …`**` line opens a command, `- `…`` lines list
     its arguments (upper case) and flags."""
     ref: dict[str, set[str]] = {}
@@ -99,45 +101,46 @@ def differences(readme: dict[str, set[str]], app: dict[str, set[str]]) -> list[s
     problems = []
     for cmd in sorted(set(readme) | set(app)):
         if cmd not in readme:
-            problems.append(f"`{cmd}` is missing from the README")
+            problems.append(f"`{cmd}` is missing from the page")
         elif cmd not in app:
-            problems.append(f"`{cmd}` is in the README but not in the app")
+            problems.append(f"`{cmd}` is in the page but not in the app")
         else:
             missing, extra = sorted(app[cmd] - readme[cmd]), sorted(readme[cmd] - app[cmd])
             if missing:
-                problems.append(f"`{cmd}`: not in the README: {', '.join(missing)}")
+                problems.append(f"`{cmd}`: not in the page: {', '.join(missing)}")
             if extra:
-                problems.append(f"`{cmd}`: in the README but not in the app: {', '.join(extra)}")
+                problems.append(f"`{cmd}`: in the page but not in the app: {', '.join(extra)}")
     return problems
 
 
-def test_readme_command_reference_matches_the_app():
-    text = README.read_text(encoding="utf-8")
-    problems = differences(readme_reference(readme_section(text)), app_reference())
-    assert not problems, ("README command reference is out of date (print a fresh one with "
-                          "`python -m tests.test_command_reference`):\n" + "\n".join(problems))
+def test_the_page_names_every_command_and_flag_of_the_app():
+    problems = differences(page_reference(PAGE.read_text(encoding="utf-8")), app_reference())
+    assert not problems, ("docs/cli.md is out of date (regenerate it with `python -m tests.test_command_reference "
+                          "> docs/cli.md`):\n" + "\n".join(problems))
 
 
-def test_reference_sits_before_checkpoints_and_has_one_line_per_name():
-    text = README.read_text(encoding="utf-8")
-    assert text.index(HEADING) < text.index("## Checkpoints")
-    section = readme_section(text)
-    bullets = [ln for ln in section.splitlines() if ln.startswith("- `")]
-    expected_lines = sum(len([p for p in cmd.params if p.name != "help"])
-                         for cmd in [app_command(), *app_command().commands.values()])
-    assert len(bullets) == expected_lines  # one line per argument or flag, no duplicates
+def test_the_page_is_exactly_what_the_app_generates():
+    page, fresh = PAGE.read_text(encoding="utf-8").splitlines(), render().splitlines()
+    first = next((i for i, (a, b) in enumerate(zip(page, fresh, strict=False)) if a != b), min(len(page), len(fresh)))
+    assert page == fresh, (f"docs/cli.md differs from the app at line {first + 1}:\n  page: "
+                           f"{page[first] if first < len(page) else '(end)'}\n  app:  "
+                           f"{fresh[first] if first < len(fresh) else '(end)'}\nregenerate it with "
+                           "`python -m tests.test_command_reference > docs/cli.md`")
+    bullets = [ln for ln in page if ln.startswith("- `")]
+    expected = sum(len(shown(cmd.params)) for cmd in [app_command(), *app_command().commands.values()])
+    assert len(bullets) == expected  # one line per argument or flag, no duplicates
 
 
 def test_the_check_notices_a_dropped_or_invented_flag():
     section = render()
-    assert not differences(readme_reference(section), app_reference())
+    assert not differences(page_reference(section), app_reference())
     dropped = "\n".join(ln for ln in section.splitlines() if not ln.startswith("- `--max-iters"))
-    assert differences(readme_reference(dropped), app_reference()) == [
-        "`gptkit train`: not in the README: --max-iters"]
+    assert differences(page_reference(dropped), app_reference()) == [
+        "`gptkit train`: not in the page: --max-iters"]
     invented = section.replace("- `--overwrite` —", "- `--overwrite, --force` —", 1)
-    assert any("--force" in p for p in differences(readme_reference(invented), app_reference()))
+    assert any("--force" in p for p in differences(page_reference(invented), app_reference()))
     renamed = section.replace("**`gptkit sample`**", "**`gptkit generate`**")
-    assert "`gptkit sample` is missing from the README" in differences(readme_reference(renamed), app_reference())
+    assert "`gptkit sample` is missing from the page" in differences(page_reference(renamed), app_reference())
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def test_converted_gpt2_samples_inspects_and_fine_tunes(hf_gpt2, tmp_path):
     convert(folder, dst)
     model, tok, _ = checkpoint.load_for_inference(dst)
     expected = tok.decode(list(generate(model, tok.encode("ROMEO:"), 12, temperature=0)))
-    proc = run_cli("sample", "-c", str(dst), "-n", "12", "-t", "0", "--prompt", "ROMEO:", "--no-echo")
+    proc = run_cli("sample", "-c", str(dst), "-n", "12", "--temperature", "0", "--prompt", "ROMEO:", "--no-echo")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip("\n") == expected.rstrip("\n")
 

@@ -187,6 +187,7 @@ def step_env() -> dict[str, str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1",
            "OMP_NUM_THREADS": "1"}  # tiny models: two threads on a busy 2-core machine run 10x slower
     env.pop("GPTKIT_CHECKPOINTS", None)  # the guide's store is ./checkpoints
+    env.pop("GPTKIT_STORE", None)
     return env
 
 

@@ -1,5 +1,5 @@
 """Every bad input, across all commands: one `error:` line naming the fix, a documented exit code, no
-traceback, and no file changed. One test per row of README's "What gptkit does with bad input": here
+traceback, and no file changed. One test per row of docs/errors.md (the table cites each test by name): here
 missing and wrong paths, bad text, bad flags and sizes; damaged checkpoints, unwritable places and a
 full disk in test_hardening_storage.py, which shares this file's folder and helpers.
 
@@ -144,10 +144,10 @@ def test_extreme_but_valid_sampling_values(work, capsys, monkeypatch):
     the limit. Extreme repetition penalties overflow the same way."""
     monkeypatch.chdir(work)
     base = ["sample", "-c", RUN, "-p", "the", "-n", "20", "--seed", "1"]
-    greedy = run_here(capsys, *base, "-t", "0")
+    greedy = run_here(capsys, *base, "--temperature", "0")
     assert greedy.returncode == 0
     for t in ("1e-40", "1e-320"):  # below float32's smallest number, and below its smallest normal one
-        assert run_here(capsys, *base, "-t", t).stdout == greedy.stdout, t
+        assert run_here(capsys, *base, "--temperature", t).stdout == greedy.stdout, t
     for penalty in ("1e-40", "1e40"):
         proc = run_here(capsys, *base, "--repetition-penalty", penalty)
         assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout) >= 20, proc.stderr

@@ -1,7 +1,7 @@
 """Bad input that is about storage, across all commands: damaged checkpoints, places that cannot be
 written, and a full disk. One `error:` line naming the fix, a documented exit code, no traceback, and
-no file changed (a checkpoint that was there before is there byte for byte). The rest of README's
-"What gptkit does with bad input" table, and the helpers both files use, are in test_hardening.py.
+no file changed (a checkpoint that was there before is there byte for byte). The rest of docs/errors.md's
+table, and the helpers both files use, are in test_hardening.py.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def test_unwritable_checkpoint_folder(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     # a path through a regular file can never be created
     refused(capsys, work, ["train", "tiny.txt", "--checkpoints", "blocker/store"], CKPT,
-            "cannot write to checkpoint folder", "--checkpoints")
+            "cannot write to checkpoint folder", "--store")
     refused(capsys, work, ["train", f"{RUN}/data", "--checkpoints", "blocker/store"], CKPT,
             "cannot write to checkpoint folder")
     refused(capsys, work, ["convert", RUN, "blocker/hf"], CKPT, "cannot create folder", "DST")

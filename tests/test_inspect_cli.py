@@ -54,7 +54,7 @@ def test_a_closed_pipe_ends_quietly_with_0(trained_run, tmp_path):
 
 def test_json_holds_every_number(trained_run, tmp_path):
     page = tmp_path / "view.html"
-    proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--top-k", "4", "--save", str(page))
+    proc = run_inspect(trained_run, "shakespeare", "--prompt", PROMPT, "--json", "--rows", "4", "--save", str(page))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is the JSON and nothing else
     assert set(doc) == {"summary", "analysis", "neighbors", "eval"} and doc["neighbors"] is None is doc["eval"]

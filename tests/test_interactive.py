@@ -115,7 +115,7 @@ def test_each_line_is_a_prompt_edited_and_recalled_with_readline(terminal, train
     assert "temperature = 0" in t.ask("/set temperature 0")
     assert "max-new-tokens = 25" in t.ask("/set max-new-tokens 25")
     greedy = t.ask("\x1b[A\x1b[A\x1b[A")  # up three times: "ROMEO:" again, now greedy and shorter
-    assert greedy.rstrip("\n") == one_shot(trained_run, tmp_path, "ROMEO:", "-t", "0", "-n", "25").rstrip("\n")
+    assert greedy.rstrip("\n") == one_shot(trained_run, tmp_path, "ROMEO:", "--temperature", "0", "-n", "25").rstrip("\n")
     shown = t.ask("/help")
     assert all(c in shown for c in ("/set", "/show", "/quit", "temperature", "top-k", "seed"))
     assert "temperature=0" in t.ask("/show")

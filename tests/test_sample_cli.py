@@ -42,7 +42,7 @@ def test_greedy_text_is_the_reference_paths(trained_run, tmp_path):
     from gptkit.generate import generate
 
     run = trained_run["run_dir"]
-    args = ("-p", "ROMEO:", "-n", "150", "-t", "0", "--threads", "2", "--no-echo", "--json")
+    args = ("-p", "ROMEO:", "-n", "150", "--temperature", "0", "--threads", "2", "--no-echo", "--json")
     cached = json.loads(sample(run, *args, cwd=tmp_path).stdout)["token_ids"]
     plain = json.loads(sample(run, *args, "--no-cache", cwd=tmp_path).stdout)["token_ids"]
     model, tok, _ = checkpoint.load_for_inference(run)
@@ -100,7 +100,7 @@ def _strict_utf8(data: bytes) -> str | None:
 
 
 def test_streamed_korean_never_shows_a_broken_character(korean_bytes, tmp_path):
-    args = ("-p", "그날 밤", "-n", "90", "-t", "0")  # greedy: a model this small still slips at higher temperature
+    args = ("-p", "그날 밤", "-n", "90", "--temperature", "0")  # greedy: a model this small still slips at higher temperature
     js = json.loads(sample(korean_bytes, *args, "--json", cwd=tmp_path).stdout)
     raw = bytes(js["token_ids"])  # -n may stop inside a character: its first bytes end the ids, not the text
     whole = next(w for cut in range(4) if (w := _strict_utf8(raw[:len(raw) - cut])) is not None)
@@ -161,7 +161,7 @@ def test_unicode_whitespace_is_a_valid_prompt(korean_bytes, tmp_path):
     for text in ("\u3000", "\u00a0\n", "\ufeff"):
         (tmp_path / "p.txt").write_text(text, encoding="utf-8")
         assert read_prompt_text(None, tmp_path / "p.txt") == text.removeprefix("\ufeff")
-    out = sample(korean_bytes, "-n", "5", "-t", "0", "--json", input="\u3000", cwd=tmp_path)
+    out = sample(korean_bytes, "-n", "5", "--temperature", "0", "--json", input="\u3000", cwd=tmp_path)
     assert json.loads(out.stdout)["prompt"] == "\u3000" and len(json.loads(out.stdout)["token_ids"]) == 5
 
 

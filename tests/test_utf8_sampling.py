@@ -170,7 +170,7 @@ def test_the_compiled_step_samples_the_same_valid_text(korean_bpe):
 
 
 def test_the_cli_masks_by_default_and_allow_invalid_utf8_turns_it_off(korean_bpe_run, tmp_path):
-    args = ("sample", "-c", str(korean_bpe_run), "-p", "그날 밤", "-n", "300", "-t", "1", "--top-k", "0",
+    args = ("sample", "-c", str(korean_bpe_run), "-p", "그날 밤", "-n", "300", "--temperature", "1", "--top-k", "0",
             "--num-samples", "4", "--seed", "1", "--json", "--threads", "1")
     rows = {}
     for extra in ((), ("--allow-invalid-utf8",)):

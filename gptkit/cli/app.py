@@ -9,13 +9,17 @@ Importing this module must not import torch (`gptkit --help` stays fast; a test 
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import io
+import os
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
-from typing import Any, Optional
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -32,6 +36,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 DEBUG = {"on": False}
+DEBUG_HELP = "show full tracebacks instead of one-line errors"
 
 
 def _version(value: bool) -> None:
@@ -44,10 +49,96 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP + " (or GPTKIT_DEBUG=1; also after a command)"),
 ) -> None:
     """Train, sample and look inside small GPTs from the command line."""
-    DEBUG["on"] = debug
+    DEBUG["on"] = debug or debug_from_env()
+
+
+def debug_from_env() -> bool:
+    return os.environ.get("GPTKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+# ------------------------------------------------------------------------------------------------
+# The options several commands share, declared once. A letter means one thing in every command
+# (tests/test_cli_surface.py walks the app to check it): -c checkpoint, -p prompt, -t tokenizer,
+# -n max new tokens, -s seed, -o output, -q quiet, -v verbose, -f the prompt file.
+
+Store = Annotated[Optional[Path], typer.Option(
+    "--store", envvar="GPTKIT_STORE", metavar="<dir>", show_default=False,
+    help="the checkpoint store, a folder with one folder per run [default: ./checkpoints]")]
+CheckpointRef = Annotated[Optional[str], typer.Option(
+    "--checkpoint", "-c", metavar="<ckpt>", show_default=False,
+    help="a checkpoint: a .safetensors file, a run folder, or a run name in the store")]
+Prompt = Annotated[Optional[str], typer.Option(
+    "--prompt", "-p", metavar="<text>", show_default=False,
+    help="the prompt: the text the model reads (and sample continues)")]
+Device = Annotated[str, typer.Option(  # not a closed list (cuda:N): runtime.pick_device checks it
+    "--device", metavar="<device>", help="auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")]
+Json = Annotated[bool, typer.Option("--json", help="JSON for scripts (one object a line) instead of the view")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress on stderr")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="say more on stderr: what was loaded, and how")]
+# how train and `tokenize --out` pick their inputs (gptkit.data.sources)
+Glob = Annotated[Optional[list[str]], typer.Option(
+    "--glob", metavar="<pattern>", show_default=False,
+    help="in folders, take only the files matching this pattern, e.g. '*.md' (repeatable) [default: every "
+         "file but hidden ones]")]
+TextField = Annotated[Optional[str], typer.Option(
+    "--text-field", metavar="<field>", show_default=False,
+    help="the field of each .jsonl record that holds its text [default: text]")]
+SkipBad = Annotated[bool, typer.Option(
+    "--skip-bad", help="skip binary, non-UTF-8 and empty files (counted on stderr) instead of stopping at the first")]
+
+_LEGACY_STORE = inspect.Parameter(  # the store option's old name, kept working (hidden) for one release
+    "checkpoints", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+    default=typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS", hidden=True))
+_DEBUG_AFTER = inspect.Parameter(
+    "debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--debug", envvar="GPTKIT_DEBUG", help=DEBUG_HELP))
+
+
+def command(name: str, short_help: str):
+    """Register a subcommand (`short_help`: its line in `gptkit --help`): `--debug` also works after its
+    name, and where it takes `--store`, the hidden `--checkpoints` (and GPTKIT_CHECKPOINTS) of the
+    previous release still sets it."""
+    def wrap(func):
+        sig = inspect.signature(func)  # with_options' generated options are in it, with real annotations
+        hints = typing.get_type_hints(func, include_extras=True)  # the command's own, written as strings
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.kind != inspect.Parameter.VAR_KEYWORD]
+        takes_store = "store" in sig.parameters
+        extra = [_LEGACY_STORE] if takes_store else []
+
+        @functools.wraps(func)
+        def run(*args: Any, debug: bool = False, checkpoints: Path | None = None, **kwargs: Any) -> Any:
+            DEBUG["on"] = DEBUG["on"] or debug
+            if takes_store:
+                kwargs["store"] = pick_store(kwargs.get("store"), checkpoints)
+            return func(*args, **kwargs)
+
+        run.__signature__ = sig.replace(parameters=own + extra + [_DEBUG_AFTER])
+        return app.command(name, short_help=short_help)(run)
+    return wrap
+
+
+def pick_store(store: Path | None, legacy: Path | None) -> Path | None:
+    """--store, else the old --checkpoints, else GPTKIT_STORE, else GPTKIT_CHECKPOINTS (None: the
+    library's default, ./checkpoints). A flag beats an environment variable, whatever its name."""
+    if legacy is not None and _given("checkpoints") and not _given("store"):
+        return legacy
+    return store if store is not None else legacy
+
+
+def _given(param: str) -> bool:
+    """Whether the current command's `param` was typed on the command line (not taken from the environment)."""
+    try:
+        from typer._click import core
+        from typer._click import globals as click_globals
+    except ImportError:
+        from click import core  # type: ignore[no-redef]
+        from click import globals as click_globals
+    ctx = click_globals.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(param) == core.ParameterSource.COMMANDLINE
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -105,40 +196,37 @@ class ClosedOutput(io.TextIOBase):
         return self
 
 
-def preset_default(name: str, default: Any) -> str:
-    """A setting's default as --help should state it: a preset overrides the dataclass default, and
-    without --preset a CPU gets `quick`, so `--batch-size [default: 12]` would be wrong there."""
+def cpu_default(name: str, default: Any) -> Any:
+    """A setting's default as a CPU gets it: without --preset a CPU trains the `quick` preset, so
+    `--batch-size [default: 12]` (the dataclass's) would be wrong there. train's help says so once."""
     from gptkit.config import DEVICE_PRESETS, PRESETS
 
-    cpu = DEVICE_PRESETS["cpu"]
-    setters = [p for p, parts in PRESETS.items() if name in parts["model"] or name in parts["train"]]
-    if not setters:
-        return str(default)
-    if cpu in setters:
-        value = {**PRESETS[cpu]["model"], **PRESETS[cpu]["train"]}[name]
-        if value == default and len(setters) == 1:
-            return str(default)
-        others = "other presets set their own" if len(setters) > 1 else f"else {default}"
-        return f"{value} on CPU ({cpu} preset); {others}"
-    return f"{default}, unless --preset {'/'.join(setters)} sets it"
+    cpu = PRESETS[DEVICE_PRESETS["cpu"]]
+    return {**cpu["model"], **cpu["train"]}.get(name, default)
 
 
 def config_options(cls: type, panel: str, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """One keyword option per dataclass field: `n_layer` -> `--n-layer`, help from the field's doc.
-    All default to None, meaning "not given", so presets and config files keep their values."""
+    """One keyword option per dataclass field: `n_layer` -> `--n-layer`, help from the field's doc, a
+    closed set of values (config.CHOICES) as a Literal, so --help lists them and click refuses the
+    rest. All default to None, meaning "not given", so presets and config files keep their values; a
+    field whose default is None says in its own help what that means."""
+    from gptkit.config import CHOICES
+
     params = []
     for f in fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} [default: {preset_default(f.name, default)}]"
+        default = cpu_default(f.name, f.default if f.default is not MISSING else None)
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" [default: {default}]")
         kind = str(f.type)
         if kind.startswith("bool"):
             annotation: Any = Optional[bool]
             decl = f"{flag}/--no-{f.name.replace('_', '-')}"
         else:
             annotation = {"int": Optional[int], "float": Optional[float]}.get(kind.split(" ")[0], Optional[str])
+            if f.name in CHOICES:
+                annotation = Optional[Literal[CHOICES[f.name]]]
             if f.name == "max_time":
                 annotation = Optional[str]  # a duration: 90s, 10m, 1h30m
             decl = flag

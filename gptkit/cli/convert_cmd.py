@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-from gptkit.cli.app import app, handle_errors
+from gptkit.cli.app import Store, command, handle_errors
 
 
-@app.command("convert")
+@command("convert", "Convert to and from Hugging Face GPT-2.")
 def convert_command(
     src: str = typer.Argument(..., metavar="SRC", help="a Hugging Face GPT-2 folder (config.json + model.safetensors), "
                               "or a gptkit checkpoint file, run folder or run name", show_default=False),
     dst: str = typer.Argument(..., metavar="DST", help="output: a folder (gets last.safetensors) or FILE.safetensors for a "
                               "gptkit checkpoint; a folder for a Hugging Face model", show_default=False),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 for the output "
-                                        "[default: the source's]", show_default=False),
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = typer.Option(
+        None, "--dtype", help="precision of the output [default: the source's]", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
-    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
-                                               help="checkpoint store for run names [default: ./checkpoints]"),
+    store: Store = None,
 ) -> None:
     """Convert a Hugging Face GPT-2 model to a gptkit checkpoint, or back; the direction comes from SRC.
 
@@ -34,7 +33,7 @@ def convert_command(
         from gptkit.hf.convert import HF_TO_GPTKIT, convert
 
         with removed_on_error(Path(dst)):  # a failed conversion leaves no empty output folder
-            r = convert(src, dst, dtype, overwrite, checkpoints)
+            r = convert(src, dst, dtype, overwrite, store)
         c = r.config
         shape = (f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
                  f"vocab {c.vocab_size}; {r.params / 1e6:.2f}M params, {r.dtype}")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from gptkit.cli.app import app, handle_errors
+from gptkit.cli.app import CheckpointRef, Device, Json, Prompt, Store, command, handle_errors
 from gptkit.config import check_seed
 from gptkit.errors import UsageError
 from gptkit.fsio import cannot_write, check_output_file
@@ -16,14 +16,14 @@ from gptkit.fsio import cannot_write, check_output_file
 SAVE_KINDS = (".svg", ".html")
 
 
-def check_options(prompt: str | None, top_k: int, layer: int | None, head: int | None, numbers: bool,
+def check_options(prompt: str | None, rows: int, layer: int | None, head: int | None, numbers: bool,
                   neighbors: bool, data: Path | None, max_positions: int | None, n_neighbors: int,
                   save: Path | None, n_eval: int | None = None) -> None:
     """Cheap checks before torch is imported; ranges that need the model's shape come later."""
     if n_eval is not None and not neighbors:
         raise UsageError("--eval N measures the --neighbors method over N positions; add --neighbors")
-    for flag, value in (("--top-k", top_k), ("--max-positions", 1 if max_positions is None else max_positions), ("--n-neighbors", n_neighbors),
-                        ("--eval", 1 if n_eval is None else n_eval)):
+    for flag, value in (("--rows", rows), ("--max-positions", 1 if max_positions is None else max_positions),
+                        ("--n-neighbors", n_neighbors), ("--eval", 1 if n_eval is None else n_eval)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     for flag, value in (("--layer", layer), ("--head", head)):
@@ -55,41 +55,40 @@ def check_shape(layer: int | None, head: int | None, n_layer: int, n_head: int) 
         raise UsageError(f"--head {head} is out of range: this model has {n_head} heads per layer (0-{n_head - 1})")
 
 
-@app.command("inspect")
+@command("inspect", "Look inside a checkpoint and one forward pass.")
 def inspect_command(
-    checkpoint: Optional[str] = typer.Argument(None, help="checkpoint file, run folder or run name "
-                                               "[default: the newest run]", show_default=False),
-    checkpoint_option: Optional[str] = typer.Option(None, "--checkpoint", "-c", show_default=False,
-                                                    help="the same, as an option (as `gptkit sample` takes it)"),
-    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
-                                               help="checkpoint store folder [default: ./checkpoints]"),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="text to run through the model"),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="rows of the next-token and logit-lens tables"),
+    checkpoint: Optional[str] = typer.Argument(None, metavar="CHECKPOINT", show_default=False,
+                                               help="checkpoint file, run folder or run name [default: the newest run]"),
+    checkpoint_option: CheckpointRef = None,
+    store: Store = None,
+    prompt: Prompt = None,
+    rows: int = typer.Option(10, "--rows", help="rows of the next-token and logit-lens tables"),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="attention of this layer only (from 0)"),
     head: Optional[int] = typer.Option(None, "--head", help="attention of this head only (from 0)"),
     numbers: bool = typer.Option(False, "--numbers", help="also print the attention weight matrices"),
     neighbors: bool = typer.Option(False, "--neighbors", help="find training positions whose FFN output "
                                    "is most like the prompt's, and what followed them"),
-    data: Optional[Path] = typer.Option(None, "--data", help="training text for --neighbors "
-                                        "[default: the file recorded in the checkpoint]"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="<file>", show_default=False,
+                                        help="training text for --neighbors [default: the file recorded in the "
+                                             "checkpoint]"),
     max_positions: Optional[int] = typer.Option(None, "--max-positions", show_default=False,
                                                 help="scan at most this many positions [default: 100000; with "
                                                 "--eval the whole training split, up to a 1 GiB cache]"),
     n_neighbors: int = typer.Option(20, "--n-neighbors", help="neighbours kept per block"),
-    n_eval: Optional[int] = typer.Option(None, "--eval", metavar="N", show_default=False,
+    n_eval: Optional[int] = typer.Option(None, "--eval", metavar="<n>", show_default=False,
                                          help="with --neighbors: measure the method over N held-out positions "
                                          "against the model and two baselines (no --prompt needed)"),
-    seed: int = typer.Option(0, "--seed", help="which positions --eval draws"),
-    json_out: bool = typer.Option(False, "--json", help="print every number as JSON instead of the view"),
-    save: Optional[Path] = typer.Option(None, "--save", help="also write the view as a picture: FILE.svg "
-                                        "or FILE.html"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | mps | auto"),
+    seed: int = typer.Option(0, "--seed", "-s", help="which positions --eval draws"),
+    json_out: Json = False,
+    save: Optional[Path] = typer.Option(None, "--save", metavar="<file>", help="also write the view as a picture: "
+                                        "FILE.svg or FILE.html"),
+    device: Device = "auto",
 ) -> None:
     """Look inside a checkpoint: its summary, and with --prompt the next-token table, attention heatmaps,
     logit lens and direct logit attribution; --neighbors compares FFN outputs with the training text
     (--eval N: over N held-out positions)."""
     with handle_errors():
-        check_options(prompt, top_k, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save, n_eval)
+        check_options(prompt, rows, layer, head, numbers, neighbors, data, max_positions, n_neighbors, save, n_eval)
         check_seed(seed)
         if prompt is not None:
             from gptkit.data.chunks import argument_text
@@ -99,18 +98,18 @@ def inspect_command(
         from gptkit import checkpoint as ckpt
         from gptkit.introspect.trace import summarize
 
-        info = ckpt.read_info(ckpt.resolve(checkpoint, checkpoints))
+        info = ckpt.read_info(ckpt.resolve(checkpoint, store))
         cfg = info.model_config
         check_shape(layer, head, cfg.n_layer, cfg.n_head)
         out: dict[str, Any] = {"summary": summarize(info), "analysis": None, "neighbors": None, "eval": None}
         if prompt is not None:
-            out.update(_forward(info, prompt, top_k, neighbors, data, max_positions, n_neighbors, device))
+            out.update(_forward(info, prompt, rows, neighbors, data, max_positions, n_neighbors, device))
         if n_eval is not None:
             out["eval"] = _evaluate(info, data, n_eval, n_neighbors, max_positions, seed, device)
         if json_out:
             typer.echo(json.dumps(out, ensure_ascii=False))
         view = dict(summary=out["summary"], res=out["analysis"], nb=out["neighbors"], ev=out["eval"], layer=layer,
-                    head=head, numbers=numbers, k=top_k)
+                    head=head, numbers=numbers, k=rows)
         if not json_out:
             from gptkit.cli.views.inspect_view import StdoutConsole, render
 

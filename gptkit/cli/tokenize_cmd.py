@@ -14,11 +14,11 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from gptkit.cli.app import app, handle_errors
+from gptkit.cli.app import CheckpointRef, Glob, Json, Quiet, SkipBad, Store, TextField, command, handle_errors
 from gptkit.config import TrainConfig, check_bpe_vocab
 from gptkit.errors import InputError, UsageError
 from gptkit.fsio import check_output_file
@@ -88,7 +88,7 @@ def parse_ids(line: str, where: str) -> list[int]:
     return out
 
 
-def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Path | None,
+def load_tokenizer_for(spec: str | None, checkpoint: str | None, store: Path | None,
                        train_text: str | None, vocab_size: int | None, decoding: bool = False):
     """The tokenizer asked for: a checkpoint's own, a saved JSON file, or a name (char and bpe learn
     from `train_text`)."""
@@ -96,7 +96,7 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
         from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
         from gptkit.tokenizers.stored import tokenizer_from_dict
 
-        return tokenizer_from_dict(read_info(resolve(checkpoint, checkpoints)).meta["tokenizer"])
+        return tokenizer_from_dict(read_info(resolve(checkpoint, store)).meta["tokenizer"])
     from gptkit.tokenizers import resolve_tokenizer
 
     name = spec or TrainConfig.tokenizer
@@ -106,40 +106,54 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, checkpoints: Pa
     return resolve_tokenizer(name, train_text, vocab_size)
 
 
-@app.command("tokenize")
+File = Annotated[Optional[Path], typer.Option("--file", metavar="<file>", help="read the text from this file")]
+TokenizerName = Annotated[Optional[str], typer.Option(
+    "--tokenizer", "-t", metavar="<name>", show_default=False,
+    help="char | byte | bpe | gpt2 | r50k_base | cl100k_base | o200k_base | … | a tokenizer .json file "
+         "[default: char]")]
+VocabSize = Annotated[Optional[int], typer.Option("--vocab-size", show_default=False,
+                                                  help="bpe vocabulary size [default: 1024]")]
+TrainFile = Annotated[Optional[Path], typer.Option("--train-file", metavar="<file>", show_default=False,
+                                                   help="text that char and bpe learn from [default: the input text]")]
+SaveTokenizer = Annotated[Optional[Path], typer.Option("--save-tokenizer", metavar="<file>",
+                                                       help="write the tokenizer to this .json")]
+Ids = Annotated[bool, typer.Option("--ids", help="print token ids separated by spaces")]
+Lines = Annotated[bool, typer.Option("--lines", help="with --ids/--json/--count/--decode: one line per input line")]
+Count = Annotated[bool, typer.Option("--count", help="print just the number of tokens")]
+Decode = Annotated[bool, typer.Option("--decode", help="read token ids, print the text they stand for")]
+Compare = Annotated[Optional[str], typer.Option("--compare", metavar="<names>", help="tokenizers to compare side by "
+                                                "side on FILE, e.g. byte,gpt2,bpe")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="<dir>", help="build a dataset folder from "
+                                             "the inputs: train.bin, val.bin, meta.json (with --glob, --text-field, "
+                                             "--skip-bad)")]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="with --out: the last fraction of each input "
+                                            "held out")]
+
+
+@command("tokenize", "See how text becomes tokens; build datasets.")
 def tokenize_command(
-    text: Optional[list[str]] = typer.Argument(None, metavar="[TEXT]...", help="text to tokenize (`-` = stdin); the "
+    text: Optional[list[str]] = typer.Argument(None, metavar="TEXT", help="text to tokenize (`-` = stdin); the "
                                                 "FILE for --compare; ids for --decode; for --out, the inputs: files, "
                                                 "folders, .gz/.zst, .jsonl, `-`, URLs", show_default=False),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="read the text from this file"),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t",
-                                            help="char | byte | bpe | gpt2 | r50k_base | cl100k_base | o200k_base "
-                                                 "| … | a tokenizer .json file [default: char]"),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="bpe vocabulary size [default: 1024]"),
-    train_file: Optional[Path] = typer.Option(None, "--train-file",
-                                              help="text that char and bpe learn from [default: the input text]"),
-    save_tokenizer: Optional[Path] = typer.Option(None, "--save-tokenizer", help="write the tokenizer to this .json"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="use a checkpoint's tokenizer (PATH or RUN)"),
-    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
-                                               help="checkpoint store folder [default: ./checkpoints]"),
-    ids: bool = typer.Option(False, "--ids", help="print token ids separated by spaces"),
-    lines: bool = typer.Option(False, "--lines", help="with --ids/--json/--count/--decode: one line per input line"),
-    json_out: bool = typer.Option(False, "--json", help="print ids, pieces (text and bytes) and offsets as JSON"),
-    count: bool = typer.Option(False, "--count", help="print just the number of tokens"),
-    decode: bool = typer.Option(False, "--decode", help="read token ids, print the text they stand for"),
-    compare: Optional[str] = typer.Option(None, "--compare", help="tokenizers to compare side by side on FILE, "
-                                          "e.g. byte,gpt2,bpe"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="build a dataset folder from the inputs: train.bin, "
-                                       "val.bin, meta.json"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="with --out: the last fraction of each input "
-                                       "held out"),
-    glob: Optional[list[str]] = typer.Option(None, "--glob", metavar="PATTERN", help="with --out: in folders, take only the files "
-                                             "matching this pattern, e.g. '*.md' (repeatable) [default: all but hidden]"),
-    text_field: Optional[str] = typer.Option(None, "--text-field", help="with --out: the field of each .jsonl record "
-                                             "that holds its text [default: text]"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="with --out: skip binary, non-UTF-8 and empty files "
-                                  "(counted on stderr) instead of stopping at the first"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    file: File = None,
+    tokenizer: TokenizerName = None,
+    vocab_size: VocabSize = None,
+    train_file: TrainFile = None,
+    save_tokenizer: SaveTokenizer = None,
+    checkpoint: CheckpointRef = None,
+    store: Store = None,
+    ids: Ids = False,
+    lines: Lines = False,
+    json_out: Json = False,
+    count: Count = False,
+    decode: Decode = False,
+    compare: Compare = None,
+    out: Out = None,
+    val_fraction: ValFraction = 0.1,
+    glob: Glob = None,
+    text_field: TextField = None,
+    skip_bad: SkipBad = False,
+    quiet: Quiet = False,
 ) -> None:
     """Show how text becomes tokens; compare tokenizers; build token datasets.
 
@@ -163,25 +177,30 @@ def tokenize_command(
 
             train_text = read_text(train_file)
         if mode == "out":
-            _build(_inputs(texts, file, glob, text_field, skip_bad), out, tokenizer, checkpoint, checkpoints,
+            _build(_inputs(texts, file, glob, text_field, skip_bad), out, tokenizer, checkpoint, store,
                    train_text, vocab_size, val_fraction, save_tokenizer, quiet)
-            return
-        source = read_input(text, file, as_path=mode == "compare")
-        if mode == "compare":
-            _compare(source, compare, vocab_size, train_text)
-            return
-        tok = load_tokenizer_for(tokenizer, checkpoint, checkpoints, train_text if mode == "decode" else
-                                 (train_text or source), vocab_size, decoding=mode == "decode")
-        if save_tokenizer is not None:
-            from gptkit.tokenizers.stored import save_tokenizer as save
-
-            save(tok, save_tokenizer)
-        if mode == "decode":
-            _decode(tok, source, lines)
-        elif mode == "view":
-            _view(tok, source)
+        elif mode == "compare":
+            _compare(read_input(text, file, as_path=True), compare, vocab_size, train_text)
         else:
-            _script_output(tok, source, mode, lines)
+            _show(mode, read_input(text, file, as_path=False), tokenizer, checkpoint, store, train_text, vocab_size,
+                  save_tokenizer, lines)
+
+
+def _show(mode: str, source: str, spec: str | None, checkpoint: str | None, store: Path | None,
+          train_text: str | None, vocab_size: int | None, save_tokenizer: Path | None, lines: bool) -> None:
+    """The modes that read one text with one tokenizer: the view, --ids, --json, --count, --decode."""
+    tok = load_tokenizer_for(spec, checkpoint, store, train_text if mode == "decode" else (train_text or source),
+                             vocab_size, decoding=mode == "decode")
+    if save_tokenizer is not None:
+        from gptkit.tokenizers.stored import save_tokenizer as save
+
+        save(tok, save_tokenizer)
+    if mode == "decode":
+        _decode(tok, source, lines)
+    elif mode == "view":
+        _view(tok, source)
+    else:
+        _script_output(tok, source, mode, lines)
 
 
 def _one_text(texts: list[str] | None, out: Path | None, glob: list[str] | None, text_field: str | None,
@@ -278,7 +297,7 @@ def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | N
         sys.stdout.flush()
 
 
-def _build(data, out: Path, spec: str | None, checkpoint: str | None, checkpoints: Path | None,
+def _build(data, out: Path, spec: str | None, checkpoint: str | None, store: Path | None,
            train_text: str | None, vocab_size: int | None, val_fraction: float, save_tokenizer: Path | None,
            quiet: bool) -> None:
     """--out: stream the inputs into a dataset folder, with progress on stderr."""
@@ -291,8 +310,10 @@ def _build(data, out: Path, spec: str | None, checkpoint: str | None, checkpoint
     name = spec or TrainConfig.tokenizer
     given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
     if checkpoint is not None or train_text is not None or name not in TOKENIZER_NAMES:
-        given = load_tokenizer_for(spec, checkpoint, checkpoints, train_text, vocab_size)
-    store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
+        given = load_tokenizer_for(spec, checkpoint, store, train_text, vocab_size)
+    from gptkit.checkpoint import default_store
+
+    store = store or default_store()
     progress = BuildProgress(enabled=not quiet)
     try:  # stdin is kept beside the output while it is read: on that disk, not in a RAM-backed /tmp
         with removed_on_error(out), open_inputs(data, store / ".cache", exclude=[out],

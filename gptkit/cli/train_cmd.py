@@ -6,17 +6,28 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
-from gptkit.cli.app import app, config_options, handle_errors, with_options
-from gptkit.config import ModelConfig, TrainConfig, load_toml, resolve_config
+from gptkit.cli.app import Glob, Quiet, SkipBad, Store, TextField, command, config_options, handle_errors, with_options
+from gptkit.config import (
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    chosen_preset,
+    differences,
+    load_toml,
+    resolve_config,
+    to_dict,
+    to_toml,
+)
 from gptkit.data.chunks import HEAD_BYTES, decode_utf8
 from gptkit.errors import EXIT_INTERRUPTED, InputError, UsageError
 from gptkit.fsio import RUN_LOCK, check_run_free, lock_holder
 
 _OPTIONS = config_options(ModelConfig, "Model", skip=("vocab_size",)) + config_options(TrainConfig, "Training")
+Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 RUN_NAME = re.compile(r"[\w.-]+")  # letters and digits (any script), "_", "." and "-"
@@ -88,56 +99,77 @@ def _read_head(p: Path) -> bytes:
         raise InputError(f"cannot read {str(p)!r}: {e.strerror}") from None
 
 
-@app.command("train")
+@command("train", "Train a GPT on texts; checkpoints go to the store.")
 @with_options(_OPTIONS)
 def train_command(
-    data: Optional[list[str]] = typer.Argument(None, help="what to learn from: UTF-8 text files, folders of them "
-                                               "(recursive), .gz/.zst, .jsonl, `-` for stdin, http(s) URLs, or one "
-                                               "dataset folder [default: the built-in corpus of Python's docstrings]",
-                                               show_default=False),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="quick | tiny | small | baby | gpt2 "
-                                         "[default: quick on CPU, small on MPS, baby on CUDA]"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings ([model]/[train] tables)"),
-    run: Optional[str] = typer.Option(None, "--run", "--run-name", "-r",
-                                      help="run name under the store: letters, digits, '.', '_', '-' (spell it "
+    data: Optional[list[str]] = typer.Argument(None, metavar="DATA", help="what to learn from: UTF-8 text "
+                                               "files, folders of them (recursive), .gz/.zst, .jsonl, `-` for stdin, "
+                                               "http(s) URLs, or one dataset folder [default: the built-in corpus of "
+                                               "Python's docstrings]", show_default=False),
+    preset: Optional[Preset] = typer.Option(None, "--preset", show_default=False,
+                                            help="the size and recipe to start from [default: quick on CPU, small "
+                                                 "on MPS, baby on CUDA]"),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="<file>", help="TOML file of settings "
+                                          "([model]/[train] tables; --print-config writes one)"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the settings this command resolves "
+                                      "(preset < --config < flags) as TOML, and exit"),
+    run: Optional[str] = typer.Option(None, "--run", "-r", metavar="<name>", show_default=False,
+                                      help="run name in the store: letters, digits, '.', '_', '-' (spell it "
                                       "--run-name under torchrun, whose own parser claims --run) [default: from the "
                                       "first input's name]"),
-    checkpoints: Optional[Path] = typer.Option(None, "--checkpoints", envvar="GPTKIT_CHECKPOINTS",
-                                               help="checkpoint store folder [default: ./checkpoints]"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", hidden=True),  # --run under torchrun, which claims it
+    store: Store = None,
     resume: bool = typer.Option(False, "--resume", help="continue the run from its last.safetensors"),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="start from another checkpoint's weights "
-                                            "and tokenizer (PATH or RUN)"),
+    init_from: Optional[str] = typer.Option(None, "--init-from", metavar="<ckpt>", help="start from another "
+                                            "checkpoint's weights and tokenizer (PATH or RUN)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run named by --run"),
-    glob: Optional[list[str]] = typer.Option(None, "--glob", metavar="PATTERN", help="in folders, take only the files matching this "
-                                             "pattern, e.g. '*.md' (repeatable) [default: every file but hidden ones]"),
-    text_field: str = typer.Option("text", "--text-field", help="the field of each .jsonl record that holds its text"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip binary, non-UTF-8 and empty files (counted on "
-                                  "stderr) instead of stopping at the first"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    glob: Glob = None,
+    text_field: TextField = None,
+    skip_bad: SkipBad = False,
+    quiet: Quiet = False,
     **settings: Any,
 ) -> None:
-    """Train a GPT on texts and save checkpoints to checkpoints/<run>/."""
+    """Train a GPT on texts and save checkpoints to checkpoints/<run>/.
+
+    The defaults shown are what a CPU gets: the quick preset's where it sets them. --preset, or a GPU
+    (baby) or Apple MPS (small) start from another preset; --print-config shows any run's settings.
+    """
     with handle_errors():
-        store = checkpoints or Path(os.environ.get("GPTKIT_CHECKPOINTS", "checkpoints"))
+        if print_config and resume:
+            raise UsageError("--print-config shows a new run's settings; a resumed run keeps its own "
+                             "(see `gptkit inspect RUN --json`)")
+        from gptkit.checkpoint import default_store
+
+        store = store or default_store()
+        run = run if run is not None else run_name
         if run is not None:
             check_run_name(run)
         check_data_arg(data, glob, skip_bad, store)
-        mc, tc = resolve_config(preset, config, settings, device_type=_device_type(settings.get("device")))
+        device_type = _device_type(settings.get("device"))
+        file_values = load_toml(config) if config else {}
+        name = chosen_preset(preset, file_values, settings, device_type)
+        mc, tc = resolve_config(name, config, settings, device_type=device_type)
+        if print_config:
+            typer.echo(to_toml(mc, tc, name), nl=False)
+            return
         # what this command sets (flags, and the --config file): a resumed run keeps its own values for the rest
-        explicit = {k for k, v in settings.items() if v is not None} | (set(load_toml(config)) if config else set())
+        explicit = {k for k, v in settings.items() if v is not None} | set(file_values)
         run_dir = _pick_run_dir(store, run, data[0] if data else None, resume, overwrite)
         if resume and not data:
             data = _recorded_dataset(run_dir)
         from gptkit.data.sources import DataSpec
 
-        spec = DataSpec(tuple(data or ()), tuple(glob or ()), text_field, skip_bad,
+        spec = DataSpec(tuple(data or ()), tuple(glob or ()), text_field or "text", skip_bad,
                         sys.stdin.buffer if data and "-" in data else None)
 
         from gptkit.cli.views.train_view import TrainView
         from gptkit.train import train
 
         quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
-        view = TrainView(quiet=quiet)
+        # the view's first line, once the run has started (a bad input before that stays one error line)
+        settings_line = _settings(name, preset is None and "preset" not in file_values, device_type, mc, tc,
+                                  explicit, resume)
+        view = TrainView(quiet=quiet, first_line=settings_line)
         try:
             result = train(mc, tc, spec, run_dir, store, on_event=view, resume=resume, init_from=init_from,
                            explicit=explicit)
@@ -150,6 +182,16 @@ def train_command(
             _summary(result)
         if result.interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _settings(preset: str, by_device: bool, device_type: str, mc: ModelConfig, tc: TrainConfig, explicit: set[str],
+              resume: bool) -> str:
+    from gptkit.cli.views.train_view import settings_line
+
+    if resume:  # the checkpoint's settings, but for what this command names
+        values = {**to_dict(mc), **to_dict(tc)}
+        return settings_line(None, None, {k: values[k] for k in sorted(explicit) if k in values})
+    return settings_line(preset, device_type if by_device else None, differences(mc, tc, preset))
 
 
 def _device_type(device: str | None) -> str:

@@ -10,7 +10,6 @@ or scan training text for look-alike FFN outputs (`neighbors.py`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from gptkit.checkpoint import CheckpointInfo
+from gptkit.checkpoint import CheckpointInfo, val_curve
 from gptkit.config import to_dict
 from gptkit.errors import UsageError
 from gptkit.introspect.tokens import label
@@ -65,25 +64,8 @@ def param_counts(info: CheckpointInfo) -> dict[str, Any]:
 
 
 def loss_curve(info: CheckpointInfo) -> list[dict[str, float]]:
-    """The eval points of the run's metrics.jsonl up to this checkpoint's step (last value per step,
-    so a resumed run's repeated steps count once). A missing or damaged file gives what it can."""
-    path = info.path.parent / "metrics.jsonl"
-    step_max = info.state.get("step")
-    points: dict[int, dict[str, float]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
-    for line in lines:
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(e, dict) or e.get("event") != "eval" or not isinstance(e.get("step"), int):
-            continue
-        if step_max is None or e["step"] <= step_max:
-            points[e["step"]] = {k: e[k] for k in ("step", "train_loss", "val_loss", "val_bpc") if k in e}
-    return [points[s] for s in sorted(points)]
+    """The eval points of the run's metrics.jsonl up to this checkpoint's step."""
+    return [{k: v for k, v in p.items() if k != "elapsed"} for p in val_curve(info.path.parent, info.state.get("step"))]
 
 
 def summarize(info: CheckpointInfo) -> dict[str, Any]:

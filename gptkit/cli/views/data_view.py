@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 PLAIN_EVERY = 10.0  # seconds between plain progress lines
@@ -42,8 +43,10 @@ def skipped_line(skipped: list[dict[str, Any]]) -> str:
 class BuildProgress:
     """Callback for the builder's events; `close()` ends the bar, `report()` also names skipped files."""
 
-    def __init__(self, enabled: bool = True, stream: IO[str] | None = None) -> None:
+    def __init__(self, enabled: bool = True, stream: IO[str] | None = None,
+                 before_output: Callable[[], None] = lambda: None) -> None:
         self.stream = stream or sys.stderr
+        self.before_output = before_output  # called before each thing shown (train's settings line goes first)
         self.enabled = enabled
         self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.progress: Any = None
@@ -62,10 +65,12 @@ class BuildProgress:
                 self._bar(e)
             elif now - min(self.started.values()) >= PLAIN_EVERY and now - self.last_line >= PLAIN_EVERY:
                 self.last_line = now
+                self.before_output()
                 print(progress_line(e, now - start), file=self.stream, flush=True)
 
     def _bar(self, e: dict[str, Any]) -> None:
         if self.progress is None:
+            self.before_output()
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -94,6 +99,7 @@ class BuildProgress:
         """After a build that succeeded: the line naming what --skip-bad left out (a failed one has its error)."""
         self.close()
         if self.skipped:
+            self.before_output()
             print(skipped_line(self.skipped), file=self.stream, flush=True)
             self.skipped = []
 

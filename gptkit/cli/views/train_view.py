@@ -57,18 +57,36 @@ def loss_curve(points: list[tuple[int, float]], width: int = 60, height: int = 8
     return rows
 
 
+def settings_line(preset: str | None, default_on: str | None, changed: dict[str, Any]) -> str:
+    """train's first line: the preset a new run starts from (`default_on`: the device that chose it)
+    and every setting that differs from it; for a resumed run (preset None) what this command changes."""
+    pairs = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+    if preset is None:
+        return "settings: the resumed run's own" + (f"; changed by this command: {pairs}" if pairs else "")
+    head = f"settings: preset {preset}" + (f" (the default on {default_on})" if default_on else "")
+    return head + (f"; differs: {pairs}" if pairs else ", unchanged")
+
+
 class TrainView:
     """Callback for train(): a rich progress bar on a terminal, one line per eval/step interval otherwise."""
 
-    def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False) -> None:
+    def __init__(self, stream: IO[str] | None = None, log_every: int = 50, quiet: bool = False,
+                 first_line: str | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.first_line = first_line  # the settings the run uses: printed before anything else
         self.log_every = log_every
         self.quiet = quiet
         self.tty = self.stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         self.progress = None
         self.task = None
         self.evals: list[dict[str, Any]] = []
-        self.data = BuildProgress(not quiet, self.stream)  # the dataset build before the first step
+        self.data = BuildProgress(not quiet, self.stream, self._first)  # the dataset build before the first step
+
+    def _first(self) -> None:
+        """The settings line, once, before the first other line (a dataset build's progress included)."""
+        if self.first_line and not self.quiet:
+            line, self.first_line = self.first_line, None
+            self._line(line)
 
     def _line(self, text: str) -> None:
         if self.progress is not None:
@@ -86,6 +104,7 @@ class TrainView:
         if kind == "eval":
             self.evals.append(e)
         if kind == "warning":  # even when quiet: it says why the run is slower than it should be
+            self._first()
             self._line(f"warning: {e['message']}")
         if self.quiet:
             return
@@ -105,6 +124,7 @@ class TrainView:
                     self._line(row)
 
     def _start(self, e: dict[str, Any]) -> None:
+        self._first()
         what = "resuming" if e["resumed"] else "training"
         budget = f"{e['max_iters']} steps" + (f" or {_fmt_time(e['max_time'])}" if e.get("max_time") else "")
         self._line(f"{what} {e['params'] / 1e6:.2f}M parameters on {e['device']} ({e['dtype']}"
