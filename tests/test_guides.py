@@ -15,12 +15,21 @@ An HTML comment right before a block loosens that where training decides the num
 `<!-- test: skip: REASON -->` skips a block (only the one-time install, which this test runs inside).
 
 GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-iters N` becomes
-`--max-iters 40`, `gptkit train` gets `--eval-iters 5`, and `--max-positions N` (the --neighbors scan)
-becomes `--max-positions 2000`; and `gptkit`/`python` run as forked copies of one interpreter that has
-already imported torch (guide_forkserver.py: each is still its own process, with the command's argv,
-folder, environment, stdio and exit code), because importing torch took most of a fresh command's
-time. GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter,
-which is how their shown outputs were made.
+`--max-iters 4`, `gptkit train` (and `python no_mask.py`, which runs it in-process) gets
+`--eval-iters 2 --dtype float32` (no timing of bf16 against fp32 for four steps), `--max-positions N`
+(the --neighbors scan) becomes `--max-positions 1000` and `--eval N` (the --neighbors evaluation)
+`--eval 20`; the built-in corpus, which `gptkit train` would make in the run folder's store, is
+copied there from the one `inspect --neighbors` makes (the same file, made once per machine, not
+twice per run); and `gptkit`/`python` run as forked copies of one interpreter that has already
+imported torch (guide_forkserver.py: each is still its own process, with the command's argv, folder,
+environment, stdio and exit code), because importing torch took most of a fresh command's time.
+GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter, which
+is how their shown outputs were made.
+
+Pictures: a guide shows `![...](img/LANG/NAME.svg)`, drawn by one of its own steps as NAME.svg in the
+run folder. Each run checks that every picture was drawn and is an SVG; a GPTKIT_GUIDE_FAST=0 run
+also copies them into docs/img/LANG/, so the checked-in pictures come from the run whose outputs the
+guide shows.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +50,16 @@ from tests.conftest import ROOT
 
 GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
 FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
-FAST_ITERS = 40
-FAST_POSITIONS = 2000
+FAST_ITERS = 4
+FAST_EVAL_ITERS = 2
+FAST_POSITIONS = 1000
+FAST_EVAL = 20
+TRAINS = re.compile(r"\b(gptkit train|python no_mask\.py)\b")  # the guides' no_mask.py runs `gptkit train`
 FORKSERVER = Path(__file__).with_name("guide_forkserver.py")
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 NUMBER = re.compile(r"[-+]?\d[\d,.:]*")
+PICTURE = re.compile(r"!\[[^\]]*\]\(img/(\w+)/([\w.-]+\.svg)\)")
 
 
 @dataclass
@@ -134,10 +149,11 @@ def parse_guide(text: str) -> list[Step]:
 
 
 def shorten(cmd: str) -> str:
-    """Fast mode: a few optimizer steps, a cheap validation estimate and a short neighbour scan."""
+    """Fast mode: a few optimizer steps, a cheap validation estimate, a short neighbour scan and evaluation."""
     cmd = re.sub(r"--max-iters \d+", f"--max-iters {FAST_ITERS}", cmd)
     cmd = re.sub(r"--max-positions \d+", f"--max-positions {FAST_POSITIONS}", cmd)
-    return re.sub(r"\bgptkit train\b", "gptkit train --eval-iters 5", cmd)
+    cmd = re.sub(r"--eval \d+", f"--eval {FAST_EVAL}", cmd)
+    return TRAINS.sub(rf"\1 --eval-iters {FAST_EVAL_ITERS} --dtype float32", cmd)
 
 
 def line_pattern(shown: str, mode: str) -> re.Pattern[str]:
@@ -214,10 +230,38 @@ def run_step(step: Step, cwd: Path, python: list[str]) -> None:
         f"{proc.stdout[-3000:]}"
 
 
+def check_pictures(text: str, lang: str, run_dir: Path, copy: bool) -> None:
+    """Every picture the guide shows was drawn in the run folder, as an SVG; with `copy`, put it in docs/img."""
+    for where, name in PICTURE.findall(text):
+        assert where == lang, f"{GUIDES[lang].name} shows img/{where}/{name}; its pictures live in img/{lang}/"
+        drawn = run_dir / name
+        assert drawn.is_file(), f"{GUIDES[lang].name} shows img/{lang}/{name}, but no step drew {name}"
+        assert ET.parse(drawn).getroot().tag.endswith("svg"), name
+        if copy:
+            target = ROOT / "docs" / "img" / lang / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(drawn, target)
+        assert (ROOT / "docs" / "img" / lang / name).is_file(), f"docs/img/{lang}/{name} is not checked in"
+
+
+def warm_builtin_corpus(run_dir: Path) -> None:
+    """Put the built-in corpus where `gptkit train` in `run_dir` looks for it (./checkpoints/.cache)."""
+    from gptkit.data.sources import builtin_corpus
+
+    made = builtin_corpus()  # the machine-wide copy, which inspect --neighbors reads
+    target = run_dir / "checkpoints" / ".cache" / "corpus" / made.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(made, target)
+
+
 @pytest.mark.parametrize("lang", sorted(GUIDES))
 def test_guide_runs_as_written(lang, tmp_path, python_cmd):
-    for step in parse_guide(GUIDES[lang].read_text(encoding="utf-8")):
+    text = GUIDES[lang].read_text(encoding="utf-8")
+    if FAST and re.search(r"^\$ gptkit train --", text, re.M):  # a guide that trains on the built-in corpus
+        warm_builtin_corpus(tmp_path)
+    for step in parse_guide(text):
         run_step(step, tmp_path, python_cmd)
+    check_pictures(text, lang, tmp_path, copy=not FAST)
 
 
 PROBE = """import atexit, os, sys
@@ -261,9 +305,14 @@ def test_guide_covers_the_transformer_from_six_tokens_to_neighbours(lang):
     steps = parse_guide(text)
     cmds = commands(steps)
     first = next(s for s in steps if s.kind == "console")
-    assert first.mode == "exact" and any("[0.4421, 0.5931, 0.5790]" in ln for ln in first.shown)
-    assert "manual_attention(x, x, x, scale=1.0, causal=False)" in text
+    assert first.mode == "exact" and any("[0.4421, 0.5931, 0.5790]" in ln for ln in first.shown)  # "Your"
+    assert any("[0.4419, 0.6515, 0.5683]" in ln for ln in first.shown)  # "journey", the book's running query
+    six = next(s for s in steps if s.kind == "file")  # the first script: the six tokens, through gptkit's own function
+    assert "from gptkit.model import manual_attention" in six.text and "manual_attention(x, x, x" in six.text
     assert "--neighbors" in cmds[-1] and cmds[-1].startswith("gptkit inspect")
+    # the neighbour section reads each block's followers (--json) and the many-position table with its baselines
+    assert any("--neighbors" in c and "--json" in c for c in cmds)
+    assert any(re.search(r"--neighbors --eval \d+", c) for c in cmds)
     for sub in ("tokenize", "train", "sample", "inspect"):
         assert any(c.startswith(f"gptkit {sub}") for c in cmds), f"no `gptkit {sub}` in {GUIDES[lang].name}"
     assert any("--pos-encoding rope" in c for c in cmds) and any("--head" in c for c in cmds)
@@ -277,15 +326,69 @@ def test_korean_guide_is_korean_end_to_end():
     steps = parse_guide(GUIDES["ko"].read_text(encoding="utf-8"))
     cmds = commands(steps)
     sentence = [c for c in cmds if c.startswith('gptkit tokenize "안녕하세요 저는 ChatGPT입니다"')]
-    assert {re.search(r"-t (\w+)", c).group(1) for c in sentence} >= {"char", "byte", "gpt2", "cl100k_base", "bpe"}
+    assert {re.search(r"--tokenizer (\w+)", c).group(1) for c in sentence} >= {"char", "byte", "gpt2", "cl100k_base",
+                                                                              "bpe"}
     trains = [c for c in cmds if c.startswith("gptkit train")]
     assert trains and all(HANGUL.search(c.split()[2]) for c in trains)  # a Korean text file, not the built-in corpus
-    assert all("--tokenizer bpe" in c for c in trains)
+    assert any(c.startswith("gptkit train 소설.txt") for c in trains)  # the novels: a model that generalises
+    assert any(c.startswith("gptkit train 봄비.txt") for c in trains)  # the story: what memorising looks like
     heredoc = next(s.text for s in steps if s.kind == "sh" and "<<'EOF'" in s.text)
     assert len(HANGUL.findall(heredoc)) > 500  # the reader writes the Korean prose they train on
     for c in cmds:
         if c.startswith(("gptkit sample", "gptkit inspect")) and "--prompt" in c:
             assert HANGUL.search(c.split("--prompt", 1)[1]), c
+
+
+SECTION = re.compile(r"^## (\d+)\. ", re.M)
+TRY_IT = {"en": "**Try it.**", "ko": "**해 보기.**"}
+SCRIPT = re.compile(r"^# save as (\S+)$", re.M)
+MAP_NAME = re.compile(r"\b(?:transformer\.\w+|attn\.\w+|mlp\.\w+|ln_[12f]|lm_head)\b")
+
+
+def sections(text: str) -> dict[int, str]:
+    """A guide's numbered sections: number -> its text up to the next `## ` heading."""
+    heads = list(re.finditer(r"^## .*$", text, re.M))
+    out = {}
+    for h, nxt in zip(heads, heads[1:] + [None], strict=True):
+        m = SECTION.match(h.group(0) + " ")
+        if m:
+            out[int(m.group(1))] = text[h.end():nxt.start() if nxt else len(text)]
+    return out
+
+
+def test_korean_guide_has_every_english_section_and_script():
+    en, ko = (sections(GUIDES[lang].read_text(encoding="utf-8")) for lang in ("en", "ko"))
+    assert sorted(ko) == sorted(en) == list(range(len(en)))
+    for n in en:  # the same scripts in the same sections, ported
+        assert SCRIPT.findall(ko[n]) == SCRIPT.findall(en[n]), f"section {n}"
+
+
+@pytest.mark.parametrize("lang", sorted(GUIDES))
+def test_every_section_ends_with_a_try_it_that_runs(lang):
+    for n, body in sections(GUIDES[lang].read_text(encoding="utf-8")).items():
+        if n == 0:  # setting up
+            continue
+        assert TRY_IT[lang] in body, f"{GUIDES[lang].name} section {n} has no {TRY_IT[lang]}"
+        last = body.rsplit(TRY_IT[lang], 1)[1]
+        assert any(s.kind in ("console", "sh") for s in parse_guide(last)), f"section {n}: its try-it runs nothing"
+
+
+@pytest.mark.parametrize("lang", sorted(GUIDES))
+def test_the_model_map_names_what_the_model_has(lang):
+    import torch
+
+    from gptkit.config import ModelConfig
+    from gptkit.model import GPT
+
+    body = sections(GUIDES[lang].read_text(encoding="utf-8"))[2]
+    drawing = body.split("```text\n", 1)[1].split("```", 1)[0]
+    names = set(MAP_NAME.findall(drawing))
+    with torch.device("meta"):
+        modules = {n for n, _ in GPT(ModelConfig(vocab_size=104)).named_modules()}
+    assert names >= {"transformer.wte", "transformer.wpe", "transformer.h", "ln_1", "attn.c_attn", "attn.c_proj",
+                     "ln_2", "mlp.c_fc", "mlp.c_proj", "transformer.ln_f", "lm_head"}
+    for name in names:
+        assert any(m == name or m.endswith("." + name) for m in modules), f"the map names {name!r}, the model has no such part"
 
 
 SAMPLE = '''Intro.
@@ -318,10 +421,12 @@ def test_parser_and_checker_catch_drift():
     assert [s.kind for s in steps] == ["file", "console", "console", "console"]
     assert steps[0].name == "hello.py" and steps[1].text.count("\n") == 1  # a quote left open continues
     assert steps[1].shown == ["step 2000 | loss 1.81", "…"] and steps[1].mode == "numbers vary"
-    assert shorten(steps[2].text) == "gptkit train --eval-iters 5 --max-iters 40 2>&1 | tail -1"
+    assert shorten(steps[2].text) == "gptkit train --eval-iters 2 --dtype float32 --max-iters 4 2>&1 | tail -1"
+    assert shorten("python no_mask.py --max-iters 200") == \
+        "python no_mask.py --eval-iters 2 --dtype float32 --max-iters 4"
     assert steps[3].expect == ["B"]
-    assert shorten("gptkit inspect --neighbors --max-positions 20000") == \
-        "gptkit inspect --neighbors --max-positions 2000"
+    assert shorten("gptkit inspect --neighbors --max-positions 20000 --eval 500 --eval-iters 9") == \
+        "gptkit inspect --neighbors --max-positions 1000 --eval 20 --eval-iters 9"
     # numbers may differ and columns shift; words may not
     assert missing_lines(steps[1], "step   40 | loss 3.2\ndone\n") == []
     assert missing_lines(steps[1], "step 40 | lost 3.2\n") == ["step 2000 | loss 1.81"]
