@@ -54,7 +54,10 @@ def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[s
             raise InputError(f"{str(info.path)!r} records no training text; pass --data FILE with the text "
                              "it was trained on")
         if path == BUILTIN:
-            path = str(builtin_corpus())  # made again from this Python's stdlib; the sha256 check below says if it differs
+            # the store's copy (STORE/RUN/last.safetensors -> STORE/.cache/corpus), else made again from this
+            # Python's stdlib; the sha256 check below says if it differs
+            cache = Path(info.path).resolve().parent.parent / ".cache" / "corpus"
+            path = str(builtin_corpus(cache if cache.is_dir() else None))
         elif (record.get("files") or 1) > 1:
             raise InputError(f"{str(info.path)!r} was trained on {record['files']} files; pass --data FILE with "
                              "the one to search")
