@@ -262,6 +262,9 @@ class Loop:
                     last_ckpt = self.evaluate_and_save(self.clock() - t0) or last_ckpt
                     eval_cost = self.clock() - te  # reserve this much at the end of a timed run
                     self.read_at += self.clock() - te  # evaluation time is not step time
+                    evaluated_at = st.step
+                    if not done:  # an evaluation may have used up the budget: check again before a step
+                        continue
                 if done:
                     break
                 self.train_step(self.clock() - t0)
