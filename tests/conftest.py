@@ -20,6 +20,10 @@ KOREAN = DATA / "korean.txt"  # the first 400k characters of the Korean novels
 ENGLISH = DATA / "english.txt"  # the first 200k characters of Pride and Prejudice
 os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA / "tiktoken")  # gpt2 / cl100k_base load offline
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# every training (in this process and in the CLI's) would time 0.2 s of matmuls for its MFU line;
+# test_gpu_paths.py runs that probe itself
+os.environ.setdefault("GPTKIT_PEAK_FLOPS", "1e12")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only ever loads local folders here
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
