@@ -5,6 +5,8 @@ subprocess, or in this process for cases that must cost milliseconds."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,6 +68,20 @@ def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
+@contextmanager
+def disk_full_after(limit: int):
+    """Writes that would make a file bigger than `limit` bytes fail with EFBIG ("File too large"), as
+    on a full disk: a real failing write() from the kernel, for this process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get an error instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: non-zero exit, exactly one `error: ...` line on stderr, no traceback."""
     assert proc.returncode != 0, proc
@@ -75,6 +91,30 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def recorded_eval(model, run_dir: Path, name: str = "last.safetensors") -> tuple[float, float]:
+    """(held-out loss the checkpoint records, that of `model` measured as training measured it: the
+    run's dataset, its evaluation batches (a fixed seed), its micro-batch and precision). Only the
+    weights that were trained reproduce the recorded figure; a load that dropped or mixed up a
+    tensor does not."""
+    import json
+
+    import torch
+
+    from gptkit import checkpoint, runtime
+    from gptkit.config import ModelConfig, TrainConfig
+    from gptkit.data.dataset import load_dataset
+    from gptkit.evaluate import estimate_loss
+
+    info = checkpoint.read_info(run_dir / name)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    start = [e for e in events if e["event"] == "start"][-1]
+    mc, tc = ModelConfig(**info.meta["model_config"]), TrainConfig(**info.meta["train_config"])
+    ds = load_dataset(info.state["data"]["dataset"])
+    losses = estimate_loss(model, ds, mc, tc, torch.device("cpu"), getattr(torch, start["dtype"]),
+                           runtime.DistInfo(), start["batch_size"])
+    return info.state["val_loss"], losses["val"]
 
 
 @pytest.fixture(scope="session")
