@@ -28,6 +28,30 @@ os.environ.setdefault("GPTKIT_PEAK_FLOPS", "1e12")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only ever loads local folders here
 
 
+# what README's test command installs (`pip install -e '.[dev,hf]'`): under .ci/run (GPTKIT_CI=1) a
+# missing one fails the session instead of skipping the tests that need it
+CI_REQUIRES = {"transformers": "hf", "hypothesis": "dev", "ruff": "dev", "pytest_timeout": "dev"}
+
+
+def pytest_addoption(parser):
+    import importlib.util
+
+    if importlib.util.find_spec("pytest_timeout") is None:  # without the plugin, its setting is a no-op, not a warning
+        parser.addini("timeout", "per-test timeout (pytest-timeout)")
+
+
+def pytest_configure(config):
+    if os.environ.get("GPTKIT_CI") != "1":
+        return
+    import importlib.util
+
+    missing = [f"{m} (.[{extra}])" for m, extra in CI_REQUIRES.items() if importlib.util.find_spec(m) is None]
+    if not missing and not config.pluginmanager.hasplugin("timeout"):
+        missing = ["the pytest-timeout plugin is not loaded"]
+    if missing:
+        raise pytest.UsageError("GPTKIT_CI=1 needs " + ", ".join(missing) + ": tests would be skipped")
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m gptkit ARGS` as a user would, capturing stdout and stderr as text."""
