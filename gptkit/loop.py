@@ -62,6 +62,7 @@ class LoopState:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     last_train_loss: float | None = None
+    eval_seconds: float | None = None  # the last evaluation's cost: a timed run's reserve, kept across a resume
     rng: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,7 +211,7 @@ class Loop:
         self.state = LoopState(step=st.get("step", 0), tokens_seen=st.get("tokens_seen", 0),
                                elapsed=st.get("elapsed", 0.0), best_val_loss=st.get("best_val_loss"),
                                last_val_loss=st.get("val_loss"), last_train_loss=st.get("train_loss"),
-                               rng=st.get("rng", {}))
+                               eval_seconds=st.get("eval_seconds"), rng=st.get("rng", {}))
         rng = self.state.rng
         if "numpy" in rng:
             self.rng.bit_generator.state = rng["numpy"]
@@ -244,13 +245,13 @@ class Loop:
                   "tokenizer": self.ds.tokenizer.name, "resumed": self.resumed})
         t0 = self.clock() - st.elapsed
         evaluated_at = st.step if self.resumed else -1  # a resumed checkpoint was evaluated when saved
-        eval_cost: float | None = None  # measured at the first evaluation, estimated from the steps before it
         last_ckpt = None
         self.read_at = self.clock()
         with stop_on_signals(self.stop):
             while True:
                 st.elapsed = self.clock() - t0
-                reserve = self.eval_estimate if eval_cost is None else eval_cost  # time the final eval needs
+                # time the final evaluation needs: as the last one took, else estimated from the steps
+                reserve = self.eval_estimate if st.eval_seconds is None else st.eval_seconds
                 out_of_time = tc.max_time is not None and st.elapsed + reserve >= tc.max_time
                 # under DDP the ranks agree at each read (a collective waits for the device), not every step
                 agree = not self.dist.enabled or st.step % self.log_interval == 0
@@ -259,8 +260,8 @@ class Loop:
                 if (done or st.step % tc.eval_interval == 0) and st.step > 0 and st.step != evaluated_at:
                     self.read_losses(self.clock() - t0)  # before anything is saved: a NaN must stop the run first
                     te = self.clock()
-                    last_ckpt = self.evaluate_and_save(self.clock() - t0) or last_ckpt
-                    eval_cost = self.clock() - te  # reserve this much at the end of a timed run
+                    last_ckpt = self.evaluate_and_save(self.clock() - t0, te) or last_ckpt
+                    st.eval_seconds = self.clock() - te
                     self.read_at += self.clock() - te  # evaluation time is not step time
                     evaluated_at = st.step
                     if not done:  # an evaluation may have used up the budget: check again before a step
@@ -375,7 +376,7 @@ class Loop:
                        "elapsed": elapsed + dt, "max_iters": tc.max_iters, "max_time": tc.max_time})
         self.pending = []
 
-    def evaluate_and_save(self, elapsed: float) -> Path | None:
+    def evaluate_and_save(self, elapsed: float, started: float | None = None) -> Path | None:
         st = self.state
         try:
             losses = estimate_loss(self.train_model, self.ds, self.mc, self.tc, self.device, self.dtype, self.dist,
@@ -400,6 +401,8 @@ class Loop:
         if not self.dist.is_main:
             return None
         st.elapsed = elapsed
+        if started is not None:  # this evaluation's cost so far: what a resumed timed run reserves
+            st.eval_seconds = self.clock() - started
         path = self.save(checkpoint.LAST, with_optim=True, ranks=ranks)
         if improved:
             self.save(checkpoint.BEST, with_optim=False, ranks=ranks)
@@ -412,6 +415,7 @@ class Loop:
         meta = {"run": self.run_dir.name, "model_config": to_dict(self.mc), "train_config": to_dict(self.tc),
                 "tokenizer": self.ds.tokenizer.to_dict(), "state": {
                     "step": st.step, "tokens_seen": st.tokens_seen, "elapsed": st.elapsed,
+                    "eval_seconds": st.eval_seconds,
                     "best_val_loss": st.best_val_loss, "val_loss": st.last_val_loss, "train_loss": st.last_train_loss,
                     "val_bpc": None if st.last_val_loss is None else
                     bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char),
