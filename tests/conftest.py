@@ -141,6 +141,24 @@ def recorded_eval(model, run_dir: Path, name: str = "last.safetensors") -> tuple
     return info.state["val_loss"], losses["val"]
 
 
+def reference_losses(data_dir: Path) -> dict[str, float]:
+    """Cross-entropies (nats per token) of a dataset's validation split under two references fitted on
+    its training split that see no context: the unigram, and the add-one bigram (the previous token
+    only). A model that learned nothing from attention gets no lower than the bigram."""
+    import numpy as np
+
+    from gptkit.data.dataset import load_dataset
+
+    ds = load_dataset(data_dir)
+    train, val, v = np.asarray(ds.train, dtype=np.int64), np.asarray(ds.val, dtype=np.int64), ds.tokenizer.vocab_size
+    uni = np.bincount(train, minlength=v) + 1.0
+    pairs = np.ones((v, v))
+    np.add.at(pairs, (train[:-1], train[1:]), 1.0)
+    pairs /= pairs.sum(axis=1, keepdims=True)
+    return {"unigram": float(-np.log(uni[val] / uni.sum()).mean()),
+            "bigram": float(-np.log(pairs[val[:-1], val[1:]]).mean())}
+
+
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")
