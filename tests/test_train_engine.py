@@ -83,7 +83,10 @@ def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
     assert [r["torch"] for r in ranks] == expected and expected[0] != expected[1]
 
 
-def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig):
+    """A real signal to a real `gptkit train`: Ctrl-C (SIGINT) or a scheduler's SIGTERM finishes the
+    step, saves, exits 130; the resume (checked after SIGINT) continues from the saved step."""
     store = tmp_path / "store"
     args = ["train", str(SHAKESPEARE), "--run", "r", "--checkpoints", str(store), "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--block-size", "32", "--eval-interval", "10", "--eval-iters", "2", "--max-iters", "100000"]
@@ -96,12 +99,18 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
         time.sleep(0.2)
     assert last.exists(), "no checkpoint within 120 s"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    step = checkpoint.read_info(last).state["step"]
+    info = checkpoint.read_info(last)
+    step = info.state["step"]
     assert step >= 10
+    events = [json.loads(x) for x in (store / "r" / "metrics.jsonl").read_text().splitlines()]
+    done = next(e for e in events if e["event"] == "done")
+    assert done["interrupted"] and done["step"] == step  # saved at the step it stopped, not at the last eval
+    if sig == signal.SIGTERM:
+        return
     resumed = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--max-iters", str(step + 5),
                       cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
