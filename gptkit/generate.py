@@ -26,12 +26,12 @@ import torch
 
 from gptkit.model import GPT, KVCache
 from gptkit.sampling import (
-    NEG_INF,
     SamplingParams,
     Utf8Constraint,
-    apply_repetition_penalty,
     filter_logits,
+    model_logprobs,
     sample_next_token,
+    shape_logits,
 )
 
 
@@ -74,15 +74,12 @@ def sample_with_noise(logits: torch.Tensor, params: SamplingParams, seen: torch.
     argmax of p / E with E ~ Exp(1) drawn ahead into `noise` (B, V) picks token i with probability p_i
     (the exponential race, as gpt-fast). Same filters, same log-probabilities; another draw than
     torch.multinomial's from the same seed."""
-    raw = logits.float()
-    shaped = raw if seen is None else apply_repetition_penalty(raw, seen, params.repetition_penalty)
-    if blocked is not None:
-        shaped = shaped.masked_fill(blocked, NEG_INF)
+    raw, shaped = shape_logits(logits, params, seen, blocked)
     if params.temperature == 0:
         ids = shaped.argmax(dim=-1)
     else:
         ids = (torch.softmax(filter_logits(shaped, params), dim=-1) / noise).argmax(dim=-1)
-    return ids, torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    return ids, model_logprobs(raw, ids)
 
 
 def decode_and_sample(model: GPT, idx: torch.Tensor, cache: KVCache, input_pos: torch.Tensor, noise: torch.Tensor,

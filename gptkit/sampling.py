@@ -99,10 +99,7 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.
     The log-probability is the model's own (temperature 1, no penalty, filter or mask), so it scores
     the text rather than the sampling settings that produced it.
     """
-    raw = logits.float()
-    shaped = raw if seen is None else apply_repetition_penalty(raw, seen, params.repetition_penalty)
-    if blocked is not None:
-        shaped = shaped.masked_fill(blocked, NEG_INF)
+    raw, shaped = shape_logits(logits, params, seen, blocked)
     if params.temperature == 0:
         ids = shaped.argmax(dim=-1)
     else:
@@ -112,8 +109,20 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.
             ids = torch.multinomial(probs, num_samples=1, generator=gens[0]).squeeze(-1)
         else:
             ids = torch.cat([torch.multinomial(probs[r], num_samples=1, generator=g) for r, g in enumerate(gens)])
-    logprobs = torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
-    return ids, logprobs
+    return ids, model_logprobs(raw, ids)
+
+
+def shape_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None,
+                 blocked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's logits in fp32, those a token is drawn from: repetition penalty and mask applied)."""
+    raw = logits.float()
+    shaped = raw if seen is None else apply_repetition_penalty(raw, seen, params.repetition_penalty)
+    return raw, shaped if blocked is None else shaped.masked_fill(blocked, NEG_INF)
+
+
+def model_logprobs(raw: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The chosen ids' log-probabilities under the model's own logits (B,)."""
+    return torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------
