@@ -255,8 +255,7 @@ class Loop:
                 out_of_time = tc.max_time is not None and st.elapsed + reserve >= tc.max_time
                 # under DDP the ranks agree at each read (a collective waits for the device), not every step
                 agree = not self.dist.enabled or st.step % self.log_interval == 0
-                done = st.step >= tc.max_iters or (agree and runtime.agree_to_stop(
-                    out_of_time or bool(self.stop), self.dist, self.device))
+                done = st.step >= tc.max_iters or (agree and self.agree_to_stop(out_of_time))
                 if (done or st.step % tc.eval_interval == 0) and st.step > 0 and st.step != evaluated_at:
                     self.read_losses(self.clock() - t0)  # before anything is saved: a NaN must stop the run first
                     te = self.clock()
@@ -281,6 +280,15 @@ class Loop:
                 else f"--max-time {math.ceil(2 * tc.max_time)}s"
         return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, self.clock() - t0,
                            interrupted, last_ckpt, more)
+
+    def agree_to_stop(self, out_of_time: bool) -> bool:
+        """Stop if any rank wants to. A signal that reached another rank only is this rank's too: it
+        ends interrupted (exit 130) like that one, not as if a budget had run out."""
+        want = 2 if self.stop else 1 if out_of_time else 0
+        reason = -runtime.agree_min(-want, self.dist, self.device)  # the largest: a signal, then the time budget
+        if reason == 2 and not self.stop:
+            self.stop["signal"] = "another rank's"
+        return reason > 0
 
     def fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next micro-batch on the device: the one drawn ahead while the device was busy, or a new one."""
