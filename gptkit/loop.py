@@ -62,6 +62,7 @@ class LoopState:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     last_train_loss: float | None = None
+    eval_seconds: float | None = None  # the last evaluation's cost: a timed run's reserve, kept across a resume
     rng: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,8 +125,10 @@ class Loop:
 
     def __init__(self, mc: ModelConfig, tc: TrainConfig, ds: TokenDataset, run_dir: Path, device: torch.device,
                  dtype: torch.dtype, dist_info: runtime.DistInfo, on_event: Callable[[Event], None],
-                 plan: tuple[int, int] | None = None) -> None:
+                 plan: tuple[int, int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.mc, self.tc, self.ds, self.run_dir = mc, tc, ds, run_dir
+        self.clock = clock  # seconds for the budget and step times; a test injects a fake one
         self.device, self.dtype, self.dist = device, dtype, dist_info
         self.emit = on_event if dist_info.is_main else (lambda e: None)
         self.metrics = run_dir / "metrics.jsonl" if dist_info.is_main else None
@@ -140,7 +143,7 @@ class Loop:
         self.step_time: float | None = None  # moving average of a training step's seconds
         self.warm = False  # the first step in a process (allocation, lazy init, compilation) is not timed
         self.pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, [loss, grad norm] on the device)
-        self.read_at = time.time()
+        self.read_at = clock()
         self.next_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # prefetched; drawn at `batch_rng`
         self.batch_rng: dict[str, Any] | None = None
         self.compiled = False
@@ -208,7 +211,7 @@ class Loop:
         self.state = LoopState(step=st.get("step", 0), tokens_seen=st.get("tokens_seen", 0),
                                elapsed=st.get("elapsed", 0.0), best_val_loss=st.get("best_val_loss"),
                                last_val_loss=st.get("val_loss"), last_train_loss=st.get("train_loss"),
-                               rng=st.get("rng", {}))
+                               eval_seconds=st.get("eval_seconds"), rng=st.get("rng", {}))
         rng = self.state.rng
         if "numpy" in rng:
             self.rng.bit_generator.state = rng["numpy"]
@@ -240,41 +243,52 @@ class Loop:
                   "max_iters": tc.max_iters, "max_time": tc.max_time, "train_tokens": len(self.ds.train),
                   "val_tokens": len(self.ds.val), "vocab_size": self.mc.vocab_size,
                   "tokenizer": self.ds.tokenizer.name, "resumed": self.resumed})
-        t0 = time.time() - st.elapsed
+        t0 = self.clock() - st.elapsed
         evaluated_at = st.step if self.resumed else -1  # a resumed checkpoint was evaluated when saved
-        eval_cost: float | None = None  # measured at the first evaluation, estimated from the steps before it
         last_ckpt = None
-        self.read_at = time.time()
+        self.read_at = self.clock()
         with stop_on_signals(self.stop):
             while True:
-                st.elapsed = time.time() - t0
-                reserve = self.eval_estimate if eval_cost is None else eval_cost  # time the final eval needs
+                st.elapsed = self.clock() - t0
+                # time the final evaluation needs: as the last one took, else estimated from the steps
+                reserve = self.eval_estimate if st.eval_seconds is None else st.eval_seconds
                 out_of_time = tc.max_time is not None and st.elapsed + reserve >= tc.max_time
                 # under DDP the ranks agree at each read (a collective waits for the device), not every step
                 agree = not self.dist.enabled or st.step % self.log_interval == 0
-                done = st.step >= tc.max_iters or (agree and runtime.agree_to_stop(
-                    out_of_time or bool(self.stop), self.dist, self.device))
+                done = st.step >= tc.max_iters or (agree and self.agree_to_stop(out_of_time))
                 if (done or st.step % tc.eval_interval == 0) and st.step > 0 and st.step != evaluated_at:
-                    self.read_losses(time.time() - t0)  # before anything is saved: a NaN must stop the run first
-                    te = time.time()
-                    last_ckpt = self.evaluate_and_save(time.time() - t0) or last_ckpt
-                    eval_cost = time.time() - te  # reserve this much at the end of a timed run
-                    self.read_at += time.time() - te  # evaluation time is not step time
+                    self.read_losses(self.clock() - t0)  # before anything is saved: a NaN must stop the run first
+                    te = self.clock()
+                    last_ckpt = self.evaluate_and_save(self.clock() - t0, te) or last_ckpt
+                    st.eval_seconds = self.clock() - te
+                    self.read_at += self.clock() - te  # evaluation time is not step time
+                    evaluated_at = st.step
+                    if not done:  # an evaluation may have used up the budget: check again before a step
+                        continue
                 if done:
                     break
-                self.train_step(time.time() - t0)
-        self.read_losses(time.time() - t0)
+                self.train_step(self.clock() - t0)
+        self.read_losses(self.clock() - t0)
         interrupted = bool(self.stop)
         self.log({"event": "done", "step": st.step, "val_loss": st.last_val_loss, "best_val_loss": st.best_val_loss,
-                  "elapsed": time.time() - t0, "interrupted": interrupted, "run_dir": str(self.run_dir)})
+                  "elapsed": self.clock() - t0, "interrupted": interrupted, "run_dir": str(self.run_dir)})
         bpc = None if st.last_val_loss is None else bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char)
         more = None
         if not interrupted:
             # not interrupted: one of the budgets ended it
             more = f"--max-iters {2 * tc.max_iters}" if st.step >= tc.max_iters \
                 else f"--max-time {math.ceil(2 * tc.max_time)}s"
-        return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, time.time() - t0,
+        return TrainResult(self.run_dir, st.step, st.last_val_loss, st.best_val_loss, bpc, self.clock() - t0,
                            interrupted, last_ckpt, more)
+
+    def agree_to_stop(self, out_of_time: bool) -> bool:
+        """Stop if any rank wants to. A signal that reached another rank only is this rank's too: it
+        ends interrupted (exit 130) like that one, not as if a budget had run out."""
+        want = 2 if self.stop else 1 if out_of_time else 0
+        reason = -runtime.agree_min(-want, self.dist, self.device)  # the largest: a signal, then the time budget
+        if reason == 2 and not self.stop:
+            self.stop["signal"] = "another rank's"
+        return reason > 0
 
     def fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next micro-batch on the device: the one drawn ahead while the device was busy, or a new one."""
@@ -350,7 +364,7 @@ class Loop:
         if not self.pending:
             return
         values = runtime.mean_over_ranks(torch.stack([v for _, _, v in self.pending]), self.dist).tolist()
-        now = time.time()
+        now = self.clock()
         dt = (now - self.read_at) / len(self.pending)
         self.read_at = now
         for (step, _, _), (loss, _) in zip(self.pending, values, strict=True):
@@ -370,7 +384,7 @@ class Loop:
                        "elapsed": elapsed + dt, "max_iters": tc.max_iters, "max_time": tc.max_time})
         self.pending = []
 
-    def evaluate_and_save(self, elapsed: float) -> Path | None:
+    def evaluate_and_save(self, elapsed: float, started: float | None = None) -> Path | None:
         st = self.state
         try:
             losses = estimate_loss(self.train_model, self.ds, self.mc, self.tc, self.device, self.dtype, self.dist,
@@ -395,6 +409,8 @@ class Loop:
         if not self.dist.is_main:
             return None
         st.elapsed = elapsed
+        if started is not None:  # this evaluation's cost so far: what a resumed timed run reserves
+            st.eval_seconds = self.clock() - started
         path = self.save(checkpoint.LAST, with_optim=True, ranks=ranks)
         if improved:
             self.save(checkpoint.BEST, with_optim=False, ranks=ranks)
@@ -407,6 +423,7 @@ class Loop:
         meta = {"run": self.run_dir.name, "model_config": to_dict(self.mc), "train_config": to_dict(self.tc),
                 "tokenizer": self.ds.tokenizer.to_dict(), "state": {
                     "step": st.step, "tokens_seen": st.tokens_seen, "elapsed": st.elapsed,
+                    "eval_seconds": st.eval_seconds,
                     "best_val_loss": st.best_val_loss, "val_loss": st.last_val_loss, "train_loss": st.last_train_loss,
                     "val_bpc": None if st.last_val_loss is None else
                     bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char),

@@ -355,17 +355,6 @@ def mfu_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None, st
                   "GPTKIT_PEAK_FLOPS to its dense bf16 FLOP/s")
 
 
-def agree_to_stop(want_stop: bool, dist_info: DistInfo, device: torch.device) -> bool:
-    """Under DDP every rank must leave the loop at the same step: stop if any rank wants to."""
-    if not dist_info.enabled:
-        return want_stop
-    import torch.distributed as dist
-
-    flag = torch.tensor([1.0 if want_stop else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
 def all_reduce_mean(value: float, dist_info: DistInfo, device: torch.device) -> float:
     """The mean of a number over all ranks (the value itself in a single process)."""
     if not dist_info.enabled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -141,10 +142,12 @@ def _check_budget_left(tc: TrainConfig, state: dict[str, Any], name: str) -> Non
 
 def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir: Path, store: Path,
           on_event: Callable[[Event], None] = lambda e: None, resume: bool = False,
-          init_from: str | None = None, explicit: set[str] | None = None) -> TrainResult:
+          init_from: str | None = None, explicit: set[str] | None = None,
+          clock: Callable[[], float] | None = None) -> TrainResult:
     """Train a model and return where it was saved. `explicit` names the config fields the user set:
     a resumed or fine-tuned run rejects those that conflict with the checkpoint's shape, and a
-    resumed run takes every other training setting from its checkpoint."""
+    resumed run takes every other training setting from its checkpoint. `clock` (seconds) times the
+    budget and the steps; tests pass a fake one."""
     dist_info, device = runtime.setup_distributed(tc.device)
     dtype = runtime.pick_dtype(tc.dtype, device)  # on a CPU, `auto` is measured once the model exists
     runtime.enable_fast_math(device)
@@ -176,7 +179,8 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
             check_lengths(ds, mc.block_size)
             micro, accum = plan(mc)
             runtime.check_training_memory(mc, micro, device, dtype)
-            loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event, (micro, accum))
+            loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event, (micro, accum),
+                        clock or time.monotonic)
             loop.setup(prior, resume)
         return loop.run()
     except Exception as e:

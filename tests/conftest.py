@@ -5,6 +5,8 @@ subprocess, or in this process for cases that must cost milliseconds."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +22,34 @@ KOREAN = DATA / "korean.txt"  # the first 400k characters of the Korean novels
 ENGLISH = DATA / "english.txt"  # the first 200k characters of Pride and Prejudice
 os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA / "tiktoken")  # gpt2 / cl100k_base load offline
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# every training (in this process and in the CLI's) would time 0.2 s of matmuls for its MFU line;
+# test_gpu_paths.py runs that probe itself
+os.environ.setdefault("GPTKIT_PEAK_FLOPS", "1e12")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only ever loads local folders here
+
+
+# what README's test command installs (`pip install -e '.[dev,hf]'`): under .ci/run (GPTKIT_CI=1) a
+# missing one fails the session instead of skipping the tests that need it
+CI_REQUIRES = {"transformers": "hf", "hypothesis": "dev", "ruff": "dev", "pytest_timeout": "dev"}
+
+
+def pytest_addoption(parser):
+    import importlib.util
+
+    if importlib.util.find_spec("pytest_timeout") is None:  # without the plugin, its setting is a no-op, not a warning
+        parser.addini("timeout", "per-test timeout (pytest-timeout)")
+
+
+def pytest_configure(config):
+    if os.environ.get("GPTKIT_CI") != "1":
+        return
+    import importlib.util
+
+    missing = [f"{m} (.[{extra}])" for m, extra in CI_REQUIRES.items() if importlib.util.find_spec(m) is None]
+    if not missing and not config.pluginmanager.hasplugin("timeout"):
+        missing = ["the pytest-timeout plugin is not loaded"]
+    if missing:
+        raise pytest.UsageError("GPTKIT_CI=1 needs " + ", ".join(missing) + ": tests would be skipped")
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
@@ -62,6 +92,20 @@ def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
+@contextmanager
+def disk_full_after(limit: int):
+    """Writes that would make a file bigger than `limit` bytes fail with EFBIG ("File too large"), as
+    on a full disk: a real failing write() from the kernel, for this process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get an error instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: non-zero exit, exactly one `error: ...` line on stderr, no traceback."""
     assert proc.returncode != 0, proc
@@ -71,6 +115,48 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def recorded_eval(model, run_dir: Path, name: str = "last.safetensors") -> tuple[float, float]:
+    """(held-out loss the checkpoint records, that of `model` measured as training measured it: the
+    run's dataset, its evaluation batches (a fixed seed), its micro-batch and precision). Only the
+    weights that were trained reproduce the recorded figure; a load that dropped or mixed up a
+    tensor does not."""
+    import json
+
+    import torch
+
+    from gptkit import checkpoint, runtime
+    from gptkit.config import ModelConfig, TrainConfig
+    from gptkit.data.dataset import load_dataset
+    from gptkit.evaluate import estimate_loss
+
+    info = checkpoint.read_info(run_dir / name)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    start = [e for e in events if e["event"] == "start"][-1]
+    mc, tc = ModelConfig(**info.meta["model_config"]), TrainConfig(**info.meta["train_config"])
+    ds = load_dataset(info.state["data"]["dataset"])
+    losses = estimate_loss(model, ds, mc, tc, torch.device("cpu"), getattr(torch, start["dtype"]),
+                           runtime.DistInfo(), start["batch_size"])
+    return info.state["val_loss"], losses["val"]
+
+
+def reference_losses(data_dir: Path) -> dict[str, float]:
+    """Cross-entropies (nats per token) of a dataset's validation split under two references fitted on
+    its training split that see no context: the unigram, and the add-one bigram (the previous token
+    only). A model that learned nothing from attention gets no lower than the bigram."""
+    import numpy as np
+
+    from gptkit.data.dataset import load_dataset
+
+    ds = load_dataset(data_dir)
+    train, val, v = np.asarray(ds.train, dtype=np.int64), np.asarray(ds.val, dtype=np.int64), ds.tokenizer.vocab_size
+    uni = np.bincount(train, minlength=v) + 1.0
+    pairs = np.ones((v, v))
+    np.add.at(pairs, (train[:-1], train[1:]), 1.0)
+    pairs /= pairs.sum(axis=1, keepdims=True)
+    return {"unigram": float(-np.log(uni[val] / uni.sum()).mean()),
+            "bigram": float(-np.log(pairs[val[:-1], val[1:]]).mean())}
 
 
 @pytest.fixture(scope="session")

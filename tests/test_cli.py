@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli
+from tests.conftest import SHAKESPEARE, assert_one_line_error, run_cli, run_here
 
 
 def test_help_and_version_do_not_import_torch():
@@ -76,40 +76,46 @@ def test_the_settings_line_comes_before_what_the_dataset_build_prints(tmp_path, 
 
 
 @pytest.mark.parametrize("content", [b"", b"   \n\n", b"\xff\xfe\x00bad", b"abc\xc3\x28def"])
-def test_bad_training_files(tmp_path, content):
+def test_bad_training_files(tmp_path, content, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in this process: the refusal is about the file, not the process
     f = tmp_path / "bad.txt"
     f.write_bytes(content)
-    proc = run_cli("train", str(f), cwd=tmp_path)
-    assert_one_line_error(proc)
+    assert_one_line_error(run_here(capsys, "train", str(f)))
     assert not (tmp_path / "checkpoints" / "bad" / "last.safetensors").exists()
 
 
+# `train missing.txt`, `sample --temperature -1` and `sample -c ghost` are rows of test_hardening.py
 @pytest.mark.parametrize("args,needle", [
-    (["train", "missing.txt"], "does not exist"),
     (["train", str(SHAKESPEARE), "--preset", "huge"], "huge"),
     (["train", str(SHAKESPEARE), "--max-time", "soon"], "duration"),
     (["train", str(SHAKESPEARE), "--max-iters", "abc"], "max-iters"),
     (["train", str(SHAKESPEARE), "--n-embd", "100", "--n-head", "3"], "multiple"),
     (["train", str(SHAKESPEARE), "--tokenizer", "nope"], "nope"),
     (["train", str(SHAKESPEARE), "--block-size", "2000000"], "block-size"),
-    (["sample", "--temperature", "-1"], "temperature"),
     (["sample"], "no runs"),
-    (["sample", "-c", "ghost"], "ghost"),
     (["bogus"], "bogus"),
 ])
-def test_bad_input_gives_one_line_error(tmp_path, args, needle):
-    assert_one_line_error(run_cli(*args, cwd=tmp_path), needle)
+def test_bad_input_gives_one_line_error(tmp_path, args, needle, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_here(capsys, *args), needle)
 
 
-def test_non_utf8_error_names_the_byte_offset(tmp_path):
+def test_a_bad_command_exits_2_from_a_real_process(tmp_path):
+    proc = run_cli("bogus", cwd=tmp_path)
+    assert_one_line_error(proc, "bogus")
+    assert proc.returncode == 2
+
+
+def test_non_utf8_error_names_the_byte_offset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     f = tmp_path / "latin1.txt"
     f.write_bytes("caf\u00e9 au lait".encode("latin-1"))
-    assert_one_line_error(run_cli("train", str(f), cwd=tmp_path), "byte offset 3")
+    assert_one_line_error(run_here(capsys, "train", str(f)), "byte offset 3")
 
 
-def test_korean_prompt_on_a_char_model_without_hangul(tmp_path, trained_run):
-    proc = run_cli("sample", "-c", str(trained_run["run_dir"]), "--prompt", "안녕", cwd=tmp_path)
-    assert_one_line_error(proc, "안")
+def test_korean_prompt_on_a_char_model_without_hangul(tmp_path, trained_run, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_here(capsys, "sample", "-c", str(trained_run["run_dir"]), "--prompt", "안녕"), "안")
 
 
 def test_train_help_states_the_defaults_a_cpu_gets_and_says_so_once():

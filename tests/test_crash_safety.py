@@ -109,9 +109,14 @@ def test_sigkill_during_a_checkpoint_write(tmp_path, text):
     tmp = run / f".{checkpoint.LAST}.tmp-{proc.pid}"
     try:
         deadline = time.time() + 120
-        while not ((run / checkpoint.LAST).exists() and tmp.exists()):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-            time.sleep(0.001)
+        while True:
+            while not ((run / checkpoint.LAST).exists() and tmp.exists()):
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+                time.sleep(0.001)
+            os.kill(proc.pid, signal.SIGSTOP)  # frozen: the write cannot finish between this check and the kill
+            if tmp.exists():
+                break
+            os.kill(proc.pid, signal.SIGCONT)  # it was renamed in between: wait for the next write
     finally:
         kill(proc)
     before = checkpoint.read_info(run / checkpoint.LAST).state["step"]

@@ -4,8 +4,6 @@ strings and UTF-8 streaming on real text, and the compiled decode step on CPU.""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -205,22 +203,27 @@ def test_complete_reports_eos_stop_and_length(char_model):
     model, tok = char_model
     prompt = "ROMEO:\n"
     engine = Engine(model)
-    plain = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY)
+    plain = complete(engine, tok, prompt, tok.encode(prompt), 50, GREEDY)
     s = plain.samples[0]
-    assert s.finish_reason == "length" and len(s.token_ids) == 60 and s.text == tok.decode(s.token_ids)
-    assert all(lp <= 0 for lp in s.logprobs) and math.isclose(sum(s.logprobs), sum(s.logprobs[:30]) + sum(s.logprobs[30:]))
+    assert s.finish_reason == "length" and len(s.token_ids) == 50 and s.text == tok.decode(s.token_ids)
+    # each logprob is the model's own (temperature 1) for the token it chose: one plain forward, no cache
+    ids = tok.encode(prompt) + s.token_ids  # 57 <= block_size: one forward sees it all
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0][0]
+    ref = torch.log_softmax(logits.float(), -1)[len(tok.encode(prompt)) - 1:-1].gather(-1, torch.tensor(s.token_ids)[:, None])
+    assert torch.allclose(torch.tensor(s.logprobs), ref.squeeze(-1), atol=1e-4), (s.logprobs[:5], ref[:5])
     eos = s.token_ids[10]  # pretend the 11th token is end-of-text
-    ended = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY, eos_id=eos).samples[0]
+    ended = complete(engine, tok, prompt, tok.encode(prompt), 50, GREEDY, eos_id=eos).samples[0]
     first = s.token_ids.index(eos)
     assert ended.finish_reason == "eos" and ended.token_ids == s.token_ids[:first + 1]
     assert ended.text == tok.decode(s.token_ids[:first])
     stop = s.text[20:23]
-    stopped = complete(engine, tok, prompt, tok.encode(prompt), 60, GREEDY, stops=[stop]).samples[0]
+    stopped = complete(engine, tok, prompt, tok.encode(prompt), 50, GREEDY, stops=[stop]).samples[0]
     assert stopped.finish_reason == "stop" and stopped.text == s.text[:s.text.index(stop)]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
-@pytest.mark.parametrize("which, threads", [("char_model", 1), ("char_model", 2), ("rope_model", 1)])
+@pytest.mark.parametrize("which, threads", [("char_model", 2), ("rope_model", 1)])  # each inductor build ~8 s
 def test_compiled_decode_step_on_cpu_matches_eager(request, which, threads):
     """The compiled step (inductor on CPU) gives eager's text and logits, learned positions and RoPE +
     RMSNorm + SwiGLU, past block_size (64; 32 for the RoPE model: re-prefills in between), compiled

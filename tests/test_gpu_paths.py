@@ -54,6 +54,23 @@ def test_peak_flops_by_gpu_variant_and_unknown_gpus_said_once(monkeypatch):
     assert runtime.mfu_peak(CUDA, torch.bfloat16) == (1e15, None)
 
 
+def test_the_cpu_peak_is_measured_unless_given(monkeypatch):
+    """The suite sets GPTKIT_PEAK_FLOPS (conftest) so trainings skip the probe; here it runs, and its
+    figure is of the order of a 1024² fp32 matmul timed here (a ratio in one run, no absolute speed)."""
+    import time
+
+    monkeypatch.delenv("GPTKIT_PEAK_FLOPS", raising=False)
+    peak = runtime.peak_flops(torch.device("cpu"), torch.float32)
+    a = torch.ones(1024, 1024)
+    a @ a
+    t = time.perf_counter()
+    a @ a
+    mine = 2 * 1024**3 / (time.perf_counter() - t)
+    assert math.isfinite(peak) and mine / 20 < peak < mine * 20, (peak, mine)
+    monkeypatch.setenv("GPTKIT_PEAK_FLOPS", "3e11")
+    assert runtime.peak_flops(torch.device("cpu"), torch.float32) == 3e11
+
+
 @pytest.mark.parametrize("size", [
     dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=65),
     dict(n_layer=3, n_head=4, n_embd=96, block_size=48, vocab_size=1000, pos_encoding="rope", mlp="swiglu",

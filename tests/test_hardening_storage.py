@@ -11,21 +11,18 @@ import io
 import json
 import os
 import pickle
-import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tracemalloc
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from gptkit import checkpoint
 from gptkit.errors import CheckpointError
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, disk_full_after
 from tests.test_hardening import CKPT, INPUT, RUN, USAGE, make_work, refused, snapshot
 from tests.test_properties import with_header
 
@@ -158,20 +155,6 @@ def test_unwritable_checkpoint_folder(work, capsys, monkeypatch):
         pytest.skip("cannot drop CAP_DAC_OVERRIDE here")
     assert_one_line_error(proc, "cannot write to checkpoint folder", "readonly", "Permission denied")
     assert proc.returncode == CKPT and snapshot(work) == before
-
-
-@contextmanager
-def disk_full_after(limit: int):
-    """Writes that would make a file bigger than `limit` bytes fail with EFBIG ("File too large"), as
-    on a full disk: a real failing write() from the kernel, for this process only."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get an error instead of being killed
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old)
 
 
 def test_full_disk(work, capsys, monkeypatch):

@@ -3,6 +3,8 @@ run by hand, attention, logit lens, direct logit attribution and FFN-output neig
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -131,5 +133,11 @@ def test_neighbours_find_the_copied_position_first(loaded):
         assert first["next"]["text"] == source.text[end + 1]
     assert sum(a["count"] for a in nb["approx"]) == 8 * model.config.n_layer
     assert sum(a["prob"] for a in nb["approx"]) == pytest.approx(1.0)
-    assert nb["kl_approx_model"] >= 0
-    assert nb["top1_agree"] == (nb["approx"][0]["id"] == nb["model_top"]["id"])
+    # the model's side recomputed from a plain forward of the prompt, KL(q || p) from the counts
+    with torch.no_grad():
+        p = torch.softmax(model(torch.tensor([tokenizer.encode(prompt)]))[0][0, -1].double(), -1)
+    assert nb["model_top"]["id"] == int(p.argmax()) and nb["model_top"]["prob"] == pytest.approx(p.max().item(), rel=1e-4)
+    q = {a["id"]: a["count"] / (8 * model.config.n_layer) for a in nb["approx"]}
+    kl = sum(qi * math.log(qi / p[i].item()) for i, qi in q.items())
+    assert nb["kl_approx_model"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    assert nb["top1_agree"] == (max(q, key=q.get) == int(p.argmax()))

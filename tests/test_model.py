@@ -53,15 +53,6 @@ def test_manual_attention_weights_are_causal_and_normalised():
     assert torch.all(w.triu(diagonal=1) == 0)
 
 
-def test_textbook_attention_example():
-    """softmax(X·Xᵀ)·X with identity projections, no scaling, no mask (the classic 6-token example)."""
-    x = torch.tensor([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64],
-                      [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
-    ctx, _ = manual_attention(x, x, x, scale=1.0, causal=False)
-    assert torch.allclose(ctx[0], torch.tensor([0.4421, 0.5931, 0.5790]), atol=1e-4)
-    assert torch.allclose(ctx[-1], torch.tensor([0.4177, 0.6503, 0.5645]), atol=1e-4)
-
-
 @pytest.mark.parametrize("kw", SWITCHES)
 def test_kv_cache_prefill_and_decode_equal_full_forward(kw):
     model = small(**kw)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from gptkit.config import resolve_config
 from gptkit.model import GPT
 from gptkit.optim import Muon, make_optimizer, orthogonalize
 from gptkit.train import train
-from tests.conftest import SHAKESPEARE
+from tests.conftest import SHAKESPEARE, reference_losses
 
 
 def test_orthogonalize_sets_every_singular_value_near_one():
@@ -46,7 +44,10 @@ def test_muon_trains_and_its_state_round_trips(tmp_path):
                                                max_iters=80, eval_interval=80, eval_iters=10, warmup_iters=10,
                                                learning_rate=3e-3, optimizer="muon"))
     result = train(mc, tc, str(SHAKESPEARE), tmp_path / "m", tmp_path)
-    assert result.val_loss < 0.7 * math.log(65)  # chance is ln(65) = 4.17
+    # it learned more than which characters are frequent: below the unigram of the same split (3.35);
+    # that attention is used is shown for AdamW (test_train_engine.py), at a budget Muon's test cannot afford
+    ref = reference_losses(tmp_path / "m" / "data")
+    assert result.val_loss < ref["unigram"] - 0.5, (result.val_loss, ref)
     info = checkpoint.read_info(tmp_path / "m" / checkpoint.LAST)
     assert info.meta["train_config"]["optimizer"] == "muon"
     assert "optim.transformer.h.0.mlp.c_fc.weight.momentum_buffer" in info.tensors

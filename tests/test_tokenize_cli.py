@@ -17,7 +17,7 @@ import tiktoken
 
 from gptkit.tokenizers import build_tokenizer
 from gptkit.tokenizers.stored import load_tokenizer
-from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE, assert_one_line_error, run_cli
+from tests.conftest import ENGLISH, KOREAN, SHAKESPEARE, assert_one_line_error, run_cli, run_here
 
 GPTKIT = f"{shlex.quote(sys.executable)} -m gptkit"
 EXAMPLE = "안녕하세요 저는 ChatGPT입니다"
@@ -174,7 +174,8 @@ def test_out_builds_a_dataset_that_train_uses_and_train_file_caches_the_same(tmp
     assert [int(i) for i in proc.stdout.split()] == [chars.index(c) for c in "ROMEO: speak"]
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in this process: the refusals are about the input, not the process
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "bin.dat").write_bytes(b"\x7fELF\x02\x01\x00\x00" * 10)
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9 ok\n".encode("latin-1"))
@@ -197,7 +198,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         (["tokenize", "", "-t", "byte"], ["empty"]),
     ]
     for args, needles in cases:
-        assert_one_line_error(run_cli(*args, cwd=tmp_path), *needles)
+        assert_one_line_error(run_here(capsys, *args), *needles)
     assert not (tmp_path / "d" / "meta.json").exists()
 
 

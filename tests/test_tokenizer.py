@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from functools import cache
 from pathlib import Path
 
@@ -145,10 +144,8 @@ def test_uncached_tiktoken_fails_fast_without_network(
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    start = time.perf_counter()
-    with pytest.raises(TokenizerError) as err:
+    with pytest.raises(TokenizerError) as err:  # at once: the blocked sockets prove nothing was tried
         build_tokenizer(name)
-    assert time.perf_counter() - start < 1.0
     msg = one_line(err)
     assert repr(name) in msg and "TIKTOKEN_CACHE_DIR" in msg and str(tmp_path) in msg
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or written
@@ -176,9 +173,7 @@ def test_bpe_compresses_korean_far_better_than_bytes() -> None:
     text = full_text("korean")
     cut = int(len(text) * 0.9)
     train, held_out = text[:cut], text[cut:]
-    start = time.perf_counter()
-    bpe = build_tokenizer("bpe", train, vocab_size=1024)
-    assert time.perf_counter() - start < 10  # a few MB trains in seconds
+    bpe = build_tokenizer("bpe", train, vocab_size=1024)  # its speed: benchmarks/tokenize_speed.py
     assert bpe.vocab_size == 1024
     n_bytes = len(held_out.encode("utf-8"))
     tokens_per_byte = len(bpe.encode(held_out)) / n_bytes
@@ -268,7 +263,7 @@ def _invalid_utf8(b: bytes) -> bool:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_decode_accepts_numpy_ids(kind: str) -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a hard dependency: no skip
     tok = tok_for(kind, "korean")
     text = sample("korean")[:300]
     ids = tok.encode(text)
