@@ -66,8 +66,8 @@ def load_data(data: DataSpec | str | None, tc: TrainConfig, run_dir: Path, store
         torch.distributed.all_gather_object(seen, (ds.tokenizer.fingerprint, len(ds.train), len(ds.val)), group=group)
     except RuntimeError:
         raise TrainingError("another process stopped while the dataset was being built (its error says why)") from None
-    finally:
-        torch.distributed.destroy_process_group(group)
+    # the group is left to teardown_distributed: destroyed here, a rank could close it while another's last
+    # all-gather transfer is still in flight (a rank aborted so under CI, "terminate called ...")
     if any(s != seen[0] for s in seen):
         rank = next(r for r, s in enumerate(seen) if s != seen[0])
         raise InputError(f"rank {rank}'s dataset differs from rank 0's (tokenizer, train and val tokens: {seen[rank]} "

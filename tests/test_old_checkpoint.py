@@ -37,7 +37,7 @@ def test_it_is_format_1_and_gives_its_recorded_logits():
 def test_it_samples_its_recorded_greedy_text(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     proc = run_here(capsys, "sample", "-c", str(OLD), "-p", EXPECTED["greedy_prompt"], "-n",
-                    str(EXPECTED["greedy_tokens"]), "-t", "0", "--json")
+                    str(EXPECTED["greedy_tokens"]), "--temperature", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["token_ids"] == EXPECTED["greedy_ids"] and out["text"] == EXPECTED["greedy_text"]
