@@ -88,21 +88,14 @@ def run(args: list[str], cwd: Path) -> tuple[float, float]:
 
 
 def tiktoken_baseline(path: Path) -> tuple[float, list[np.ndarray]]:
-    """Seconds for tiktoken's encode_ordinary_batch over both sides of the split, and the ids."""
-    import tiktoken
+    """Seconds for tiktoken's encode_ordinary_batch over both sides of the split, and the ids
+    (tokenize_speed.py's baseline, on this file's text)."""
+    from tokenize_speed import baseline  # beside this script
 
-    from gptkit.data.chunks import split_text
     from gptkit.data.dataset import split_point
 
     text = path.read_text(encoding="utf-8")
-    cut = split_point(text, 0.1)
-    enc = tiktoken.get_encoding("gpt2")
-    sides = [list(split_text(text[:cut], 1 << 20)), list(split_text(text[cut:], 1 << 20))]
-    del text
-    t0 = time.perf_counter()
-    ids = [enc.encode_ordinary_batch(pieces) for pieces in sides]
-    seconds = time.perf_counter() - t0
-    return seconds, [np.fromiter((i for piece in side for i in piece), dtype=np.int64) for side in ids]
+    return baseline(text, split_point(text, 0.1), "gpt2")
 
 
 def main() -> None:

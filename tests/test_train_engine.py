@@ -59,11 +59,11 @@ def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
               "--eval-interval", "8", "--eval-iters", "2", "--warmup-iters", "2", "--device", "cpu", "-q",
               "--grad-accum", "1", "--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    ddp = subprocess.run(
+    ddp = _run_ddp(lambda: subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
          "-m", "gptkit", "train", str(SHAKESPEARE), "--run-name", "ddp", "--checkpoints", str(tmp_path),
          "--batch-size", "2", *common],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run_cli("train", str(SHAKESPEARE), "--run", "one", "--checkpoints", str(tmp_path), "--batch-size", "4",
                      *common, cwd=tmp_path)
@@ -91,8 +91,21 @@ def _torchrun(tmp_path, run: str, *args: str, wait: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = _run_ddp(lambda: subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+KNOWN_ABORT = "terminate called without an active exception"
+
+
+def _run_ddp(run):
+    """A known, rare bug (open, in the session note): a gloo rank sometimes aborts in C++ at start-up on CI
+    (SIGABRT, this message, no Python error). That one failure is run again once; any
+    other failure, and any difference in the results, still fails the test."""
+    proc = run()
+    if proc.returncode != 0 and KNOWN_ABORT in proc.stderr:
+        proc = run()
     return proc
 
 
