@@ -108,10 +108,9 @@ def test_sigkill_during_a_checkpoint_write(tmp_path, text):
     proc = spawn(train_args(store, text, resume=False, max_iters=100_000, big=True))
     tmp = run / f".{checkpoint.LAST}.tmp-{proc.pid}"
     try:
-        deadline = time.time() + 120
-        while True:
+        while True:  # a run that never writes again is ended by pytest-timeout (pyproject), not a clock here
             while not ((run / checkpoint.LAST).exists() and tmp.exists()):
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+                assert proc.poll() is None, proc.stderr.read()
                 time.sleep(0.001)
             os.kill(proc.pid, signal.SIGSTOP)  # frozen: the write cannot finish between this check and the kill
             if tmp.exists():
