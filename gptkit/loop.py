@@ -94,6 +94,8 @@ def flops_per_token(model: GPT, mc: ModelConfig) -> float:
     return 6 * matmul_weights + 12 * mc.n_layer * mc.n_embd * mc.block_size
 
 
+# the CPU dtype probe's 8 forward/backward passes, repaid by a bf16 only just clearly faster than fp32
+PROBE_REPAID = round(8 / (1 - runtime.CLEARLY_FASTER))  # 40
 DEFAULT_BATCH = 12  # sequences per micro-batch when a run states neither a batch size nor tokens per step
 
 
@@ -165,7 +167,7 @@ class Loop:
         if prior is not None:
             self.model.load_state_dict(checkpoint.load_tensors(prior, "model.", self.device), strict=False)
         if self.tc.dtype == "auto" and self.device.type == "cpu":
-            self.dtype = self._measured_cpu_dtype()
+            self.dtype = self._measured_cpu_dtype(prior.state.get("step", 0) if resume and prior else 0)
         self.optimizer = make_optimizer(self.model, self.tc, self.device)
         self.scaler = runtime.grad_scaler(self.device, self.dtype)
         self.train_model: torch.nn.Module = self.model
@@ -198,10 +200,15 @@ class Loop:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
 
-    def _measured_cpu_dtype(self) -> torch.dtype:
+    def _measured_cpu_dtype(self, step: int) -> torch.dtype:
         """`--dtype auto` on a CPU: bf16 where this model's forward and backward run clearly faster in it
-        (`runtime.cpu_training_dtype`); the same on every rank."""
+        (`runtime.cpu_training_dtype`); the same on every rank. A run of a known length too short to
+        repay the measurement (PROBE_REPAID micro-batches) stays fp32 without measuring."""
         rows = max(1, min(self.micro, math.ceil(1024 / self.mc.block_size)))
+        left = (self.tc.max_iters - step) * self.accum * self.micro / rows  # passes of `rows` sequences
+        if self.tc.max_time is None and left < PROBE_REPAID:
+            self.dtype_note = f"auto: fp32 unmeasured ({self.tc.max_iters - step} steps cannot repay measuring bf16)"
+            return torch.float32
         dtype, ratio = runtime.cpu_training_dtype(self.model, rows)
         bf16 = runtime.agree_min(int(dtype == torch.bfloat16), self.dist, self.device)
         self.dtype_note = f"auto: a bf16 step took {ratio:.2f}x fp32's here"

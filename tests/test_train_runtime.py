@@ -112,9 +112,9 @@ def test_the_cpu_measurement_leaves_the_run_reproducible(tmp_path):
     """The probe draws from its own generator and clears its gradients: a run measured and one that
     was not end with the same weights."""
     runtime._CPU_DTYPES.clear()
-    _run(tmp_path / "a", dtype="auto", max_iters=4, eval_interval=4)
+    _run(tmp_path / "a", dtype="auto", max_iters=40, eval_interval=40)  # long enough to be measured
     (dtype, _), = runtime._CPU_DTYPES.values()
-    _run(tmp_path / "b", dtype=str(dtype).removeprefix("torch."), max_iters=4, eval_interval=4)
+    _run(tmp_path / "b", dtype=str(dtype).removeprefix("torch."), max_iters=40, eval_interval=40)
     a = checkpoint.load_tensors(checkpoint.read_info(tmp_path / "a" / "r" / checkpoint.LAST), "model.")
     b = checkpoint.load_tensors(checkpoint.read_info(tmp_path / "b" / "r" / checkpoint.LAST), "model.")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -136,3 +136,25 @@ def test_samples_at_evaluations_run_without_dropout(tmp_path):
     texts = {sample_text(dropout, ds, max_new_tokens=60, seed=3) for _ in range(3)}
     assert texts == {sample_text(model, ds, max_new_tokens=60, seed=3)}  # the eval-mode model's text
     assert dropout.training  # and training mode is given back
+
+
+def test_a_run_too_short_to_repay_the_cpu_measurement_trains_fp32_unmeasured(tmp_path, monkeypatch):
+    """The probe costs 8 forward/backward passes: a run of known length that a bf16 just clearly
+    faster could not repay (loop.PROBE_REPAID passes) trains fp32 without measuring; a timed run is
+    measured, and a resume counts only the steps it has left."""
+    from gptkit.loop import PROBE_REPAID
+
+    measured = []
+    monkeypatch.setattr(runtime, "faster_cpu_dtype", lambda step: measured.append(step) or (torch.bfloat16, 0.4))
+    monkeypatch.setattr(runtime, "_CPU_DTYPES", {})
+    short = PROBE_REPAID - 1  # TINY: one pass of 4 sequences a step
+    _, events = _run(tmp_path, dtype="auto", max_iters=short, eval_interval=short)
+    start = next(e for e in events if e["event"] == "start")
+    assert not measured and start["dtype"] == "float32" and "unmeasured" in start["dtype_note"]
+    _, events = _run(tmp_path / "timed", dtype="auto", max_iters=2, eval_interval=2, max_time=600.0)
+    assert len(measured) == 1 and next(e for e in events if e["event"] == "start")["dtype"] == "bfloat16"
+    monkeypatch.setattr(runtime, "_CPU_DTYPES", {})
+    for until, probed in ((2 * short, 1), (2 * short + PROBE_REPAID, 2)):  # resumed with 39, then 40 steps left
+        mc, tc = resolve_config("tiny", None, {**TINY, "dtype": "auto", "max_iters": until, "eval_interval": short})
+        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True, explicit={"max_iters"})
+        assert len(measured) == probed
