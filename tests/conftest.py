@@ -21,7 +21,14 @@ SHAKESPEARE = DATA / "tinyshakespeare.txt"
 KOREAN = DATA / "korean.txt"  # the first 400k characters of the Korean novels
 ENGLISH = DATA / "english.txt"  # the first 200k characters of Pride and Prejudice
 os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA / "tiktoken")  # gpt2 / cl100k_base load offline
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# the suite runs on pytest-xdist workers (pyproject's addopts; `-n 0` runs it in one process): the
+# cores are shared among them, so each worker's torch and CLI children get their share of threads
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS: no affinity
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, CORES // WORKERS))
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 # every training (in this process and in the CLI's) would time 0.2 s of matmuls for its MFU line;
 # test_gpu_paths.py runs that probe itself
 os.environ.setdefault("GPTKIT_PEAK_FLOPS", "1e12")
@@ -30,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only ever loads loc
 
 # what README's test command installs (`pip install -e '.[dev,hf]'`): under .ci/run (GPTKIT_CI=1) a
 # missing one fails the session instead of skipping the tests that need it
-CI_REQUIRES = {"transformers": "hf", "hypothesis": "dev", "ruff": "dev", "pytest_timeout": "dev"}
+CI_REQUIRES = {"transformers": "hf", "hypothesis": "dev", "ruff": "dev", "pytest_timeout": "dev", "xdist": "dev"}
 
 
 def pytest_addoption(parser):
@@ -38,6 +45,11 @@ def pytest_addoption(parser):
 
     if importlib.util.find_spec("pytest_timeout") is None:  # without the plugin, its setting is a no-op, not a warning
         parser.addini("timeout", "per-test timeout (pytest-timeout)")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker a core, at most 4: each worker trains its own session fixtures."""
+    return max(1, min(4, CORES))
 
 
 def pytest_configure(config):
@@ -170,16 +182,55 @@ def korean_text() -> str:
 
 
 @pytest.fixture(scope="session")
+def builtin_corpus_file(tmp_path_factory) -> Path:
+    """The built-in corpus (the standard library's docstrings), built once for the session: a build
+    takes seconds; test_corpus.py checks the build itself and its cache."""
+    from gptkit.data.sources import builtin_corpus
+
+    return builtin_corpus(tmp_path_factory.mktemp("builtin"))
+
+
+def seed_builtin_corpus(built: Path, store: Path) -> None:
+    """Put the session's built-in corpus where a `gptkit train` with no input finds its cache in `store`."""
+    import shutil
+
+    target = store / ".cache" / "corpus" / built.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(built, target)
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (each has its own basetemp inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if WORKERS > 1 else base
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A 4-layer char model trained for real on tinyshakespeare (about 20 s): the shared checkpoint."""
+    """A 4-layer char model trained for real on tinyshakespeare (about 20 s): the shared checkpoint.
+    Trained once for the session: the first xdist worker to need it trains it on every core while
+    the others wait for it, then all read the same store (its tests only read it)."""
+    import json
+
     from gptkit.config import resolve_config
+    from gptkit.fsio import file_lock
+    from gptkit.loop import TrainResult
     from gptkit.train import train
 
-    store = tmp_path_factory.mktemp("store")
-    mc, tc = resolve_config("tiny", None, dict(max_iters=400, eval_interval=200, eval_iters=20, block_size=64))
-    events: list[dict] = []
-    result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
-    return {"store": store, "run_dir": store / "shakespeare", "result": result, "events": events}
+    root = shared_dir(tmp_path_factory)
+    store, record = root / "trained-store", root / "trained-run.json"
+    with file_lock(root / ".trained-run.lock", wait=600):
+        if not record.is_file():
+            mc, tc = resolve_config("tiny", None, dict(max_iters=400, eval_interval=200, eval_iters=20, block_size=64))
+            events: list[dict] = []
+            with torch_threads(CORES):
+                result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
+            fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
+            record.write_text(json.dumps({"result": fields, "events": events}), encoding="utf-8")
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    result = TrainResult(**{k: Path(v) if k in ("run_dir", "checkpoint") and v else v
+                            for k, v in saved["result"].items()})
+    return {"store": store, "run_dir": store / "shakespeare", "result": result, "events": saved["events"]}
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 
 from gptkit.data.sources import DataSpec, builtin_corpus, download, open_inputs, read_text
 from gptkit.errors import InputError
+from tests.conftest import seed_builtin_corpus
 
 
 def test_reads_korean_exactly(korean_text):
@@ -51,8 +52,10 @@ def test_builtin_corpus_is_real_text_and_cached(tmp_path):
     assert "Return" in text and "\n\n" in text
     mtime = p.stat().st_mtime_ns
     assert builtin_corpus(tmp_path) == p and p.stat().st_mtime_ns == mtime  # built once
-    with open_inputs(DataSpec(), tmp_path) as inputs:  # no input given: the built-in corpus
-        assert [(i.name, i.path) for i in inputs] == [("builtin", builtin_corpus(tmp_path / "corpus"))]
+    store = tmp_path / "store"
+    seed_builtin_corpus(p, store)  # the store's cache, as a first `gptkit train` leaves it
+    with open_inputs(DataSpec(), store / ".cache") as inputs:  # no input: the built-in corpus, from that cache
+        assert [(i.name, i.path) for i in inputs] == [("builtin", store / ".cache" / "corpus" / p.name)]
 
 
 def test_download_offline_is_one_clear_error(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from tests.conftest import KOREAN, ROOT, run_here
+from tests.conftest import KOREAN, ROOT, run_here, seed_builtin_corpus
 from tests.test_guides import Step, missing_lines, parse_guide
 
 README = ROOT / "README.md"
@@ -254,8 +254,9 @@ def gptkit_bin(tmp_path_factory) -> Path:
     return bin_dir
 
 
-def test_the_readme_runs_as_shown(tmp_path, gptkit_bin):
+def test_the_readme_runs_as_shown(tmp_path, gptkit_bin, builtin_corpus_file):
     steps = readme_steps()
+    seed_builtin_corpus(builtin_corpus_file, tmp_path / "checkpoints")  # the build is test_corpus.py's
     assert [s.text.split()[1] for s in steps] == ["train", "sample", "inspect", "runs"]
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100", "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1",
            "PATH": f"{gptkit_bin}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
