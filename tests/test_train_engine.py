@@ -18,7 +18,7 @@ import torch
 from gptkit import checkpoint
 from gptkit.config import resolve_config
 from gptkit.train import train
-from tests.conftest import SHAKESPEARE, assert_one_line_error, recorded_eval, reference_losses, run_cli
+from tests.conftest import SHAKESPEARE, assert_one_line_error, recorded_eval, reference_losses, run_cli, run_here
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2, grad_accum=1)
 
@@ -150,7 +150,7 @@ def test_ddp_ranks_stop_together_on_a_signal_to_one(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig):
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig, capsys):
     """A real signal to a real `gptkit train`: Ctrl-C (SIGINT) or a scheduler's SIGTERM finishes the
     step, saves, exits 130; the resume (checked after SIGINT) continues from the saved step."""
     store = tmp_path / "store"
@@ -177,33 +177,35 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig):
     assert done["interrupted"] and done["step"] == step  # saved at the step it stopped, not at the last eval
     if sig == signal.SIGTERM:
         return
-    resumed = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--max-iters", str(step + 5),
-                      cwd=tmp_path)
+    # the resume is the CLI's, not the process's: run in this process
+    resumed = run_here(capsys, "train", "--run", "r", "--checkpoints", str(store), "--resume", "--max-iters",
+                       str(step + 5))
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint.read_info(last).state["step"] == step + 5
-    conflict = run_cli("train", "--run", "r", "--checkpoints", str(store), "--resume", "--n-embd", "64",
-                       cwd=tmp_path)
+    conflict = run_here(capsys, "train", "--run", "r", "--checkpoints", str(store), "--resume", "--n-embd", "64")
     assert conflict.returncode == 2 and "conflicts" in conflict.stderr
 
 
-def test_a_finished_run_says_how_to_train_on_and_that_command_works(tmp_path):
+def test_a_finished_run_says_how_to_train_on_and_that_command_works(tmp_path, capsys, monkeypatch):
+    """In this process (the hint and the resumes are the CLI's); the program name comes from argv."""
+    monkeypatch.chdir(tmp_path)
     store = str(tmp_path / "store")
-    first = run_cli("train", str(SHAKESPEARE), "--run", "r", "--checkpoints", store, "--n-layer", "1", "--n-embd",
-                    "32", "--n-head", "2", "--block-size", "32", "--eval-iters", "2", "--max-iters", "6",
-                    "--eval-interval", "3", "--batch-size", "5", cwd=tmp_path)
+    first = run_here(capsys, "train", str(SHAKESPEARE), "--run", "r", "--checkpoints", store, "--n-layer", "1",
+                     "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--eval-iters", "2", "--max-iters", "6",
+                     "--eval-interval", "3", "--batch-size", "5")
     assert first.returncode == 0, first.stderr
     hint = first.stderr.strip().splitlines()[-1]
     assert hint.endswith("| train on: python -m gptkit train --run r --resume --max-iters 12"), hint
     # the bare --resume would stop at once: one line instead of a silent "done"
-    assert_one_line_error(run_cli("train", "--run", "r", "--checkpoints", store, "--resume", cwd=tmp_path),
+    assert_one_line_error(run_here(capsys, "train", "--run", "r", "--checkpoints", store, "--resume"),
                           "has run 6 of its --max-iters 6", "raise --max-iters")
-    more = run_cli("train", "--run", "r", "--checkpoints", store, "--resume", "--max-iters", "12", cwd=tmp_path)
+    more = run_here(capsys, "train", "--run", "r", "--checkpoints", store, "--resume", "--max-iters", "12")
     assert more.returncode == 0, more.stderr
     info = checkpoint.read_info(tmp_path / "store" / "r" / checkpoint.LAST)
     assert info.state["step"] == 12
     assert info.meta["train_config"]["batch_size"] == 5  # the run's own batch size, not the preset's 32
     (tmp_path / "more.toml").write_text("[train]\nmax_iters = 15\n", encoding="utf-8")  # a --config key counts too
-    by_file = run_cli("train", "--run", "r", "--checkpoints", store, "--resume", "--config", "more.toml", cwd=tmp_path)
+    by_file = run_here(capsys, "train", "--run", "r", "--checkpoints", store, "--resume", "--config", "more.toml")
     assert by_file.returncode == 0, by_file.stderr
     assert checkpoint.read_info(tmp_path / "store" / "r" / checkpoint.LAST).state["step"] == 15
 
