@@ -356,6 +356,15 @@ def sections(text: str) -> dict[int, str]:
     return out
 
 
+MAX_LINES = {"en": 1000, "ko": 1125}  # a guide is read from start to end: it may shrink, not grow
+
+
+@pytest.mark.parametrize("lang", sorted(GUIDES))
+def test_guide_stays_short(lang):
+    lines = len(GUIDES[lang].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES[lang], f"{GUIDES[lang].name} has {lines} lines, more than {MAX_LINES[lang]}"
+
+
 def test_korean_guide_has_every_english_section_and_script():
     en, ko = (sections(GUIDES[lang].read_text(encoding="utf-8")) for lang in ("en", "ko"))
     assert sorted(ko) == sorted(en) == list(range(len(en)))
