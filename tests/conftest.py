@@ -9,7 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -199,35 +199,45 @@ def seed_builtin_corpus(built: Path, store: Path) -> None:
     shutil.copyfile(built, target)
 
 
-def shared_dir(tmp_path_factory) -> Path:
-    """A folder every xdist worker of this session sees (each has its own basetemp inside it)."""
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `build(folder)` fills, built once for the whole session: the first xdist worker to
+    ask builds it on every core while the others wait, then every worker reads it (the tests that use
+    such a folder only read it). A trained fixture then costs its training once, not once a worker."""
+    import shutil
+
+    from gptkit.fsio import file_lock
+
     base = tmp_path_factory.getbasetemp()
-    return base.parent if WORKERS > 1 else base
+    root = base.parent if WORKERS > 1 else base  # every worker's basetemp sits in the session's folder
+    folder, done = root / name, root / f"{name}.done"
+    with file_lock(root / f".{name}.lock", wait=600):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            with torch_threads(CORES):
+                build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A 4-layer char model trained for real on tinyshakespeare (about 20 s): the shared checkpoint.
-    Trained once for the session: the first xdist worker to need it trains it on every core while
-    the others wait for it, then all read the same store (its tests only read it)."""
+    """A 4-layer char model trained for real on tinyshakespeare (about 20 s): the shared checkpoint."""
     import json
 
     from gptkit.config import resolve_config
-    from gptkit.fsio import file_lock
     from gptkit.loop import TrainResult
     from gptkit.train import train
 
-    root = shared_dir(tmp_path_factory)
-    store, record = root / "trained-store", root / "trained-run.json"
-    with file_lock(root / ".trained-run.lock", wait=600):
-        if not record.is_file():
-            mc, tc = resolve_config("tiny", None, dict(max_iters=400, eval_interval=200, eval_iters=20, block_size=64))
-            events: list[dict] = []
-            with torch_threads(CORES):
-                result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
-            fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
-            record.write_text(json.dumps({"result": fields, "events": events}), encoding="utf-8")
-    saved = json.loads(record.read_text(encoding="utf-8"))
+    def build(store: Path) -> None:
+        mc, tc = resolve_config("tiny", None, dict(max_iters=400, eval_interval=200, eval_iters=20, block_size=64))
+        events: list[dict] = []
+        result = train(mc, tc, str(SHAKESPEARE), store / "shakespeare", store, on_event=events.append)
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
+        (store / "run.json").write_text(json.dumps({"result": fields, "events": events}), encoding="utf-8")
+
+    store = built_once(tmp_path_factory, "trained-store", build)
+    saved = json.loads((store / "run.json").read_text(encoding="utf-8"))
     result = TrainResult(**{k: Path(v) if k in ("run_dir", "checkpoint") and v else v
                             for k, v in saved["result"].items()})
     return {"store": store, "run_dir": store / "shakespeare", "result": result, "events": saved["events"]}
@@ -240,9 +250,10 @@ def korean_bpe_run(tmp_path_factory):
     from gptkit.config import resolve_config
     from gptkit.train import train
 
-    store = tmp_path_factory.mktemp("ko-bpe")
-    (store / "ko.txt").write_text(KOREAN.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
-    mc, tc = resolve_config("tiny", None, dict(tokenizer="bpe", vocab_size=512, n_layer=2, n_head=2, n_embd=64,
-                                               block_size=32, max_iters=60, eval_interval=60, eval_iters=2))
-    train(mc, tc, str(store / "ko.txt"), store / "ko", store)
-    return store / "ko"
+    def build(store: Path) -> None:
+        (store / "ko.txt").write_text(KOREAN.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+        mc, tc = resolve_config("tiny", None, dict(tokenizer="bpe", vocab_size=512, n_layer=2, n_head=2, n_embd=64,
+                                                   block_size=32, max_iters=60, eval_interval=60, eval_iters=2))
+        train(mc, tc, str(store / "ko.txt"), store / "ko", store)
+
+    return built_once(tmp_path_factory, "ko-bpe", build) / "ko"

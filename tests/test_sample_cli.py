@@ -11,22 +11,22 @@ import sys
 
 import pytest
 
-from tests.conftest import KOREAN, assert_one_line_error, run_cli, run_here
+from tests.conftest import KOREAN, assert_one_line_error, built_once, run_cli, run_here
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def korean_bytes(tmp_path_factory):
     """A byte-level model trained for real on Korean: every Hangul syllable is three tokens."""
     from gptkit.config import resolve_config
     from gptkit.train import train
 
-    store = tmp_path_factory.mktemp("ko")
-    text = KOREAN.read_text(encoding="utf-8")[:400_000]
-    (store / "ko.txt").write_text(text, encoding="utf-8")
-    mc, tc = resolve_config("tiny", None, dict(tokenizer="byte", n_layer=2, n_embd=96, block_size=48,
-                                               max_iters=250, eval_interval=250, eval_iters=5))
-    train(mc, tc, str(store / "ko.txt"), store / "ko", store)
-    return store / "ko"
+    def build(store):
+        (store / "ko.txt").write_text(KOREAN.read_text(encoding="utf-8")[:400_000], encoding="utf-8")
+        mc, tc = resolve_config("tiny", None, dict(tokenizer="byte", n_layer=2, n_embd=96, block_size=48,
+                                                   max_iters=250, eval_interval=250, eval_iters=5))
+        train(mc, tc, str(store / "ko.txt"), store / "ko", store)
+
+    return built_once(tmp_path_factory, "ko-bytes", build) / "ko"
 
 
 def sample(run, *args: str, **kw) -> subprocess.CompletedProcess:

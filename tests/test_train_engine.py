@@ -234,19 +234,16 @@ ROPE = dict(pos_encoding="rope")  # the CPU default (quick); learned positions: 
 @pytest.mark.parametrize("switch", [{**ROPE, "norm": "rmsnorm"}, {**ROPE, "mlp": "swiglu"},  # RoPE in each
                                     {**ROPE, "norm": "rmsnorm", "mlp": "swiglu", "bias": False}])
 def test_architecture_switches_train_and_round_trip(tmp_path, switch, monkeypatch):
-    """Each switch trains a model that uses its context: clearly below the same run with attention
-    removed (which can only learn what the current token says), and below the bigram of the same
-    split. Its checkpoint, saved again, gives the same logits."""
+    """Each switch trains a model that uses its context: 0.1 nats below the add-one bigram of the same
+    split, the best a model that sees only the current token does (the same run with attention
+    removed ends above it: planted, such a model fails here). Its checkpoint, saved again, gives the
+    same logits."""
     mc, tc = resolve_config("tiny", None, {**SMALL, **switch, "n_embd": 64, "block_size": 64, "max_iters": 200,
                                            "eval_interval": 200, "eval_iters": 10, "batch_size": 16,
                                            "tokens_per_step": 16 * 64, "learning_rate": 3e-3, "warmup_iters": 10})
     result = train(mc, tc, str(SHAKESPEARE), tmp_path / "r", tmp_path)
-    with monkeypatch.context() as m:
-        _attention_removed(m)
-        blind = train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "blind", tmp_path)
     ref = reference_losses(tmp_path / "r" / "data")
-    assert result.val_loss < blind.val_loss - 0.1, (result.val_loss, blind.val_loss, ref)
-    assert result.val_loss < ref["bigram"], (result.val_loss, ref)
+    assert result.val_loss < ref["bigram"] - 0.1, (result.val_loss, ref)
     model, _, info = checkpoint.load_for_inference(tmp_path / "r" / checkpoint.LAST)
     for key, value in switch.items():
         assert info.meta["model_config"][key] == value

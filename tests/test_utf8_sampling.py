@@ -17,7 +17,7 @@ from gptkit import checkpoint
 from gptkit.completion import complete, utf8_constraint
 from gptkit.generate import Engine
 from gptkit.sampling import UTF8_STATES, SamplingParams, Utf8Constraint, sample_next_token
-from tests.conftest import run_cli, torch_threads
+from tests.conftest import run_here, torch_threads
 
 # One pending prefix per decoder state, as Python's decoder would hold it: nothing, a 2-, 3- or
 # 4-byte lead, the special leads E0, ED, F0, F4. Python's strict decoder is the reference.
@@ -169,12 +169,12 @@ def test_the_compiled_step_samples_the_same_valid_text(korean_bpe):
     assert "\ufffd" not in tok.decode(compiled)
 
 
-def test_the_cli_masks_by_default_and_allow_invalid_utf8_turns_it_off(korean_bpe_run, tmp_path):
+def test_the_cli_masks_by_default_and_allow_invalid_utf8_turns_it_off(korean_bpe_run, capsys):
     args = ("sample", "-c", str(korean_bpe_run), "-p", "그날 밤", "-n", "300", "--temperature", "1", "--top-k", "0",
             "--num-samples", "4", "--seed", "1", "--json", "--threads", "1")
     rows = {}
-    for extra in ((), ("--allow-invalid-utf8",)):
-        proc = run_cli(*args, *extra, cwd=tmp_path)
+    for extra in ((), ("--allow-invalid-utf8",)):  # the CLI's default, not the process's: in this process
+        proc = run_here(capsys, *args, *extra)
         assert proc.returncode == 0, proc.stderr
         rows[extra] = [json.loads(line) for line in proc.stdout.splitlines()]
     masked, free = rows[()], rows[("--allow-invalid-utf8",)]
