@@ -253,11 +253,21 @@ def setup_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device
     return info, device
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(finished: bool = False) -> None:
+    """Destroy the process groups. `finished` (every rank ended the run): first a barrier, so no rank's
+    interpreter shuts down while its gloo worker threads still let go of the last collectives' tensors
+    (that takes the GIL: during finalization the thread is ended and the rank aborts, "terminate called
+    without an active exception"); a rank that left on an error is not waited for."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        try:
+            dist.barrier()
+        except RuntimeError:  # another rank stopped on its own error: it says why
+            pass
+    dist.destroy_process_group()
 
 
 def sdpa_fallback(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int]) -> str | None:

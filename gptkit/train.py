@@ -67,7 +67,7 @@ def load_data(data: DataSpec | str | None, tc: TrainConfig, run_dir: Path, store
     except RuntimeError:
         raise TrainingError("another process stopped while the dataset was being built (its error says why)") from None
     # the group is left to teardown_distributed: destroyed here, a rank could close it while another's last
-    # all-gather transfer is still in flight (a rank aborted so under CI, "terminate called ...")
+    # all-gather transfer is still in flight
     if any(s != seen[0] for s in seen):
         rank = next(r for r, s in enumerate(seen) if s != seen[0])
         raise InputError(f"rank {rank}'s dataset differs from rank 0's (tokenizer, train and val tokens: {seen[rank]} "
@@ -153,6 +153,7 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
     runtime.enable_fast_math(device)
     micro = tc.batch_size or DEFAULT_BATCH
     held = ExitStack()  # the run folder's lock, from before the data is built until the loop ends
+    finished = False
     try:
         with removed_on_error(run_dir):  # a run that fails before its first step leaves no folder behind
             prior = _prior_checkpoint(run_dir, resume, init_from, store)
@@ -182,7 +183,9 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
             loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event, (micro, accum),
                         clock or time.monotonic)
             loop.setup(prior, resume)
-        return loop.run()
+        result = loop.run()
+        finished = True
+        return result
     except Exception as e:
         if runtime.out_of_memory(e):
             raise TrainingError(f"out of {device.type} memory training micro-batches of {micro} x {mc.block_size} "
@@ -191,7 +194,7 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
         raise
     finally:
         held.close()
-        runtime.teardown_distributed()
+        runtime.teardown_distributed(finished)
 
 
 def check_writable(run_dir: Path) -> None:

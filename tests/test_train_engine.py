@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,57 +58,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_on_cpu_equal_one_process(tmp_path):
-    common = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--max-iters", "8",
-              "--eval-interval", "8", "--eval-iters", "2", "--warmup-iters", "2", "--device", "cpu", "-q",
-              "--grad-accum", "1", "--dtype", "float32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    ddp = _run_ddp(lambda: subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         "-m", "gptkit", "train", str(SHAKESPEARE), "--run-name", "ddp", "--checkpoints", str(tmp_path),
-         "--batch-size", "2", *common],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path))
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = run_cli("train", str(SHAKESPEARE), "--run", "one", "--checkpoints", str(tmp_path), "--batch-size", "4",
-                     *common, cwd=tmp_path)
-    assert single.returncode == 0, single.stderr
-    _assert_close(_weights(tmp_path / "ddp"), _weights(tmp_path / "one"), atol=1e-5)
-    ddp_state = checkpoint.read_info(tmp_path / "ddp" / checkpoint.LAST).state
-    one_state = checkpoint.read_info(tmp_path / "one" / checkpoint.LAST).state
-    assert ddp_state["val_loss"] == pytest.approx(one_state["val_loss"], abs=1e-5)
-    assert ddp_state["tokens_seen"] == one_state["tokens_seen"]
-    starts = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in starts].count("start") == 1  # rank 0 alone logs
-    assert starts[0]["world_size"] == 2
-    # the same batches (the weights above), but each rank its own dropout stream, seeded seed + rank, and
-    # each rank's generators kept for resume (dropout is 0 here, so neither has drawn since its seeding)
-    ranks = ddp_state["rng"]["ranks"]
-    expected = [torch.manual_seed(1337 + r).get_state().tolist() for r in range(2)]
-    assert [r["torch"] for r in ranks] == expected and expected[0] != expected[1]
-
-
 def _torchrun(tmp_path, run: str, *args: str, wait: bool = True):
-    """`torchrun --nproc_per_node 2 -m gptkit train` on CPU (gloo), one thread a rank."""
+    """`torchrun --nproc_per_node 2 -m gptkit train` on CPU (gloo), one thread a rank. Each rank's own
+    stdout and stderr go to files under tmp_path/logs (torchrun --redirects), read by `_ddp_report`."""
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    logs = tempfile.mkdtemp(prefix=f"{run}-", dir=tmp_path / "logs")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "--log-dir", logs, "--redirects", "3",
            "-m", "gptkit", "train", *args, "--run-name", run, "--checkpoints", str(tmp_path), "--device", "cpu", "-q",
            "--dtype", "float32"]  # the data first: torchrun reads an option it can abbreviate until then
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    proc = _run_ddp(lambda: subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        proc.logs = logs
+        return proc
+    proc = _run_ddp(lambda: subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path),
+                    logs)
+    assert proc.returncode == 0, _ddp_report(proc.stderr, logs)
     return proc
+
+
+def _ranks_stderr(logs) -> dict[int, str]:
+    """Each rank's own stderr, from torchrun's --log-dir (LOGS/<run id>/attempt_N/<rank>/stderr.log)."""
+    found = sorted(Path(logs).glob("*/attempt_*/*/stderr.log"))
+    return {int(f.parent.name): f.read_text(encoding="utf-8", errors="replace") for f in found}
+
+
+def _ddp_report(launcher_stderr: str, logs, lines: int = 25) -> str:
+    """What a failed torchrun left: the launcher's stderr, then the last lines each rank wrote."""
+    parts = [f"torchrun: {launcher_stderr[-2000:]}"]
+    for rank, text in _ranks_stderr(logs).items():
+        tail = "\n".join(text.splitlines()[-lines:])
+        parts.append(f"--- rank {rank} stderr (last {lines} lines) ---\n{tail or '(empty)'}")
+    return "\n".join(parts)
 
 
 KNOWN_ABORT = "terminate called without an active exception"
 
 
-def _run_ddp(run):
-    """A known, rare bug (open, in the session note): a gloo rank sometimes aborts in C++ at start-up on CI
-    (SIGABRT, this message, no Python error). That one failure is run again once; any
-    other failure, and any difference in the results, still fails the test."""
+def _run_ddp(run, logs):
+    """A rare abort seen on CI only (rank 1, SIGABRT with this message, no Python error; 3 times, before
+    runtime.teardown_distributed waited at a final barrier): run again once, with a warning that shows what
+    every rank printed, so CI stays green and says so. Any other failure, and any difference in the results,
+    still fails the test."""
     proc = run()
-    if proc.returncode != 0 and KNOWN_ABORT in proc.stderr:
+    if proc.returncode != 0 and any(KNOWN_ABORT in text for text in _ranks_stderr(logs).values()):
+        warnings.warn(f"torchrun rerun after a rank's C++ abort:\n{_ddp_report(proc.stderr, logs)}", stacklevel=2)
+        shutil.rmtree(logs)
+        os.mkdir(logs)  # the rerun's logs alone
         proc = run()
     return proc
 
@@ -114,11 +115,29 @@ DDP_SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size"
              "--warmup-iters", "0", "--learning-rate", "1e-3", "--min-lr", "1e-3"]  # a flat lr: 3 + 3 steps = 6
 
 
-def test_ddp_resume_equals_the_straight_run(tmp_path):
-    """2 processes, each step several micro-batches per rank (one all-reduce a step): 3 steps and a
-    resume to 6 end bit-identical to 6 straight steps, weights and Muon/AdamW moments: the shared batch
-    stream comes back from the checkpoint. (With --dropout 0.1 they differ: the issue note says so.)"""
+def test_ddp_equals_one_process_and_resume_equals_the_straight_run(tmp_path, capsys):
+    """2 processes, each step several micro-batches per rank (one all-reduce a step): the same weights
+    and held-out loss as one process at twice the batch (the same accumulation), rank 0 alone logging;
+    and 3 steps and a resume to 6 end bit-identical to 6 straight steps, weights and Muon/AdamW
+    moments: the shared batch stream comes back from the checkpoint. (With --dropout 0.1 the resume
+    differs: the issue note says so.)"""
     _torchrun(tmp_path, "straight", str(SHAKESPEARE), *DDP_SMALL, "--max-iters", "6")
+    single = run_here(capsys, "train", str(tmp_path / "straight" / "data"), "--run", "one", "--checkpoints",
+                      str(tmp_path), *DDP_SMALL, "--batch-size", "4", "--max-iters", "6", "--device", "cpu",
+                      "-q", "--dtype", "float32")
+    assert single.returncode == 0, single.stderr
+    _assert_close(_weights(tmp_path / "straight"), _weights(tmp_path / "one"), atol=1e-5)
+    ddp_state, one_state = (checkpoint.read_info(tmp_path / r / checkpoint.LAST).state for r in ("straight", "one"))
+    assert ddp_state["val_loss"] == pytest.approx(one_state["val_loss"], abs=1e-5)
+    assert ddp_state["tokens_seen"] == one_state["tokens_seen"]
+    events = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2  # rank 0 alone logs
+    # the same batches (the weights above), but each rank its own dropout stream, seeded seed + rank, and
+    # each rank's generators kept for resume (dropout is 0 here, so neither has drawn since its seeding)
+    expected = [torch.manual_seed(1337 + r).get_state().tolist() for r in range(2)]
+    assert [r["torch"] for r in ddp_state["rng"]["ranks"]] == expected and expected[0] != expected[1]
+
     _torchrun(tmp_path, "split", str(SHAKESPEARE), *DDP_SMALL, "--max-iters", "3")
     _torchrun(tmp_path, "split", "--resume", "--max-iters", "6")
     a, b = (checkpoint.read_info(tmp_path / r / checkpoint.LAST) for r in ("straight", "split"))
@@ -126,7 +145,7 @@ def test_ddp_resume_equals_the_straight_run(tmp_path):
     for prefix in ("model.", "optim."):  # weights and optimizer moments, bit for bit
         ta, tb = checkpoint.load_tensors(a, prefix), checkpoint.load_tensors(b, prefix)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), prefix
-    assert len(a.state["rng"]["ranks"]) == 2
+    assert len(b.state["rng"]["ranks"]) == 2
 
 
 def test_ddp_ranks_stop_together_on_a_signal_to_one(tmp_path):
@@ -137,7 +156,8 @@ def test_ddp_ranks_stop_together_on_a_signal_to_one(tmp_path):
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert last.exists(), proc.communicate()[1][-3000:] if proc.poll() is not None else "no checkpoint in 120 s"
+    assert last.exists(), _ddp_report(proc.communicate()[1], proc.logs) if proc.poll() is not None else \
+        "no checkpoint in 120 s"
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     rank1 = max(map(int, workers))  # torchrun starts rank 0 first
@@ -145,7 +165,7 @@ def test_ddp_ranks_stop_together_on_a_signal_to_one(tmp_path):
     _, err = proc.communicate(timeout=120)  # a rank left alone in a collective would hang here
     events = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     done = next((e for e in events if e["event"] == "done"), None)
-    assert done is not None and done["interrupted"], err[-3000:]
+    assert done is not None and done["interrupted"], _ddp_report(err, proc.logs)
     assert checkpoint.read_info(last).state["step"] == done["step"] > 0
 
 
