@@ -22,7 +22,7 @@ import torch
 from gptkit import checkpoint
 from gptkit.config import resolve_config
 from gptkit.train import train
-from tests.conftest import SHAKESPEARE, assert_one_line_error, recorded_eval, reference_losses, run_cli, run_here
+from tests.conftest import SHAKESPEARE, assert_one_line_error, recorded_eval, reference_losses, run_here
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2, grad_accum=1)
 
