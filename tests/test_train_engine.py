@@ -241,13 +241,6 @@ def test_init_from_starts_where_the_other_run_ended(tmp_path, trained_run):
     assert first["val_loss"] < 0.65 * math.log(65)
 
 
-def _attention_removed(monkeypatch):
-    """Every attention layer adds nothing to the residual stream: the model sees the current token only."""
-    from gptkit.model import CausalSelfAttention
-
-    monkeypatch.setattr(CausalSelfAttention, "forward", lambda self, x, *args, **kw: torch.zeros_like(x))
-
-
 ROPE = dict(pos_encoding="rope")  # the CPU default (quick); learned positions: trained_run beats the bigram
 
 
