@@ -22,7 +22,7 @@ from gptkit.hf import gpt2
 from gptkit.hf.convert import convert
 from gptkit.tokenizers import build_tokenizer
 from gptkit.tokenizers.stored import load_tokenizer
-from tests.conftest import ENGLISH, SHAKESPEARE, assert_one_line_error, run_cli
+from tests.conftest import ENGLISH, SHAKESPEARE, assert_one_line_error, run_cli, run_here
 
 ATOL = 1e-5  # fp32 logits: gptkit vs transformers
 
@@ -30,6 +30,58 @@ ATOL = 1e-5  # fp32 logits: gptkit vs transformers
 @pytest.fixture(scope="module")
 def transformers():
     return pytest.importorskip("transformers")
+
+
+def write_gpt2_folder(folder, n_layer: int = 2, n_head: int = 4, n_embd: int = 64, n_positions: int = 128,
+                      std: float = 0.3, shards: int = 1):
+    """A random GPT-2 with GPT-2's real vocabulary, laid out as transformers' save_pretrained lays it
+    out (GPT2LMHeadModel's names, Conv1D matrices stored (in, out), the tied lm_head not stored, or
+    `shards` files listed in model.safetensors.index.json), written with safetensors and json alone:
+    the tests that need no reference run without transformers. The names are written out here, not
+    taken from gptkit.hf; test_the_hand_made_folder_is_what_save_pretrained_writes holds them to
+    transformers' own."""
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    C, V = n_embd, 50257
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    tensors = {"transformer.wte.weight": normal(V, C), "transformer.wpe.weight": normal(n_positions, C)}
+    for i in range(n_layer):
+        h = f"transformer.h.{i}."
+        for part, (n_in, n_out) in {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C),
+                                    "mlp.c_proj": (4 * C, C)}.items():
+            tensors[f"{h}{part}.weight"], tensors[f"{h}{part}.bias"] = normal(n_in, n_out), normal(n_out) * 0.1
+        for ln in ("ln_1", "ln_2"):
+            tensors[f"{h}{ln}.weight"], tensors[f"{h}{ln}.bias"] = 1 + normal(C) * 0.1, normal(C) * 0.1
+    tensors["transformer.ln_f.weight"], tensors["transformer.ln_f.bias"] = 1 + normal(C) * 0.1, normal(C) * 0.1
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+              "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "n_positions": n_positions, "n_inner": None,
+              "vocab_size": V, "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+              "attn_pdrop": 0.1, "initializer_range": std, "bos_token_id": 50256, "eos_token_id": 50256,
+              "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+              "summary_type": "cls_index", "use_cache": True, "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if shards == 1:
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        return folder
+    names = list(tensors)
+    weight_map = {}
+    for s in range(shards):
+        part = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        mine = names[s::shards]
+        save_file({n: tensors[n] for n in mine}, folder / part, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(mine, part))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    return write_gpt2_folder(tmp_path_factory.mktemp("made") / "gpt2-small-random")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +113,28 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _gpt2_ids(n: int) -> list[int]:
     return build_tokenizer("gpt2").encode(SHAKESPEARE.read_text(encoding="utf-8")[:2000])[:n]
+
+
+def test_the_hand_made_folder_is_what_save_pretrained_writes(hf_gpt2, gpt2_folder, tmp_path):
+    """The folder the tests without transformers convert has save_pretrained's files, tensor names,
+    shapes and dtypes, and the same value of every config field that decides the architecture; its
+    shards are laid out as save_pretrained shards them."""
+    folder, ref = hf_gpt2
+
+    def layout(f):
+        return {k: (tuple(v.shape), v.dtype) for k, v in load_file(f).items()}
+
+    assert layout(gpt2_folder / "model.safetensors") == layout(folder / "model.safetensors")
+    mine, theirs = (json.loads((f / "config.json").read_text()) for f in (gpt2_folder, folder))
+    for key in [*gpt2.HF_DEFAULTS, "model_type", "architectures", "bos_token_id", "eos_token_id"]:
+        assert mine.get(key, gpt2.HF_DEFAULTS.get(key)) == theirs.get(key, gpt2.HF_DEFAULTS.get(key)), key
+    ref.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    made = write_gpt2_folder(tmp_path / "made", shards=3)
+    for f in (tmp_path / "sharded", made):
+        index = json.loads((f / "model.safetensors.index.json").read_text())
+        assert set(index) >= {"metadata", "weight_map"} and not (f / "model.safetensors").exists()
+        assert sorted(index["weight_map"]) == sorted(layout(folder / "model.safetensors"))
+        assert all((f / n).is_file() for n in index["weight_map"].values())
 
 
 def test_hf_to_gptkit_matches_transformers_logits_and_greedy(hf_gpt2, tmp_path, no_transformers):
@@ -156,17 +230,17 @@ def test_trained_checkpoint_to_hf_matches_logits_and_back(trained_run, transform
     assert sorted(original) == sorted(copy) and all(_same_bytes(original[k], copy[k]) for k in original)
 
 
-def test_converted_gpt2_samples_inspects_and_fine_tunes(hf_gpt2, tmp_path):
-    folder, _ = hf_gpt2
+def test_converted_gpt2_samples_inspects_and_fine_tunes(gpt2_folder, tmp_path, capsys):
     dst = tmp_path / "gpt2-random"
-    convert(folder, dst)
+    convert(gpt2_folder, dst)
     model, tok, _ = checkpoint.load_for_inference(dst)
     expected = tok.decode(list(generate(model, tok.encode("ROMEO:"), 12, temperature=0)))
-    proc = run_cli("sample", "-c", str(dst), "-n", "12", "--temperature", "0", "--prompt", "ROMEO:", "--no-echo")
+    proc = run_here(capsys, "sample", "-c", str(dst), "-n", "12", "--temperature", "0", "--prompt", "ROMEO:",
+                    "--no-echo")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip("\n") == expected.rstrip("\n")
 
-    proc = run_cli("inspect", str(dst), "--json")
+    proc = run_here(capsys, "inspect", str(dst), "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)["summary"]
     assert summary["model_config"]["n_embd"] == 64 and summary["has_optimizer_state"] is False
@@ -174,9 +248,9 @@ def test_converted_gpt2_samples_inspects_and_fine_tunes(hf_gpt2, tmp_path):
     text = tmp_path / "shakespeare-200k.txt"
     text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
     store = tmp_path / "store"
-    proc = run_cli("train", str(text), "--init-from", str(dst), "--run", "ft", "--checkpoints", str(store),
-                   "--max-iters", "4", "--eval-interval", "4", "--eval-iters", "1", "--batch-size", "2",
-                   "--quiet", "--device", "cpu", "--no-compile")
+    proc = run_here(capsys, "train", str(text), "--init-from", str(dst), "--run", "ft", "--store", str(store),
+                    "--max-iters", "4", "--eval-interval", "4", "--eval-iters", "1", "--batch-size", "2",
+                    "--quiet", "--device", "cpu", "--no-compile")
     assert proc.returncode == 0, proc.stderr
     info = checkpoint.read_info(store / "ft" / checkpoint.LAST)
     assert info.state["step"] == 4 and info.meta["tokenizer"]["name"] == "gpt2"
@@ -211,12 +285,10 @@ def _legacy_layout(src, dst):
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
 
 
-def test_reads_legacy_and_sharded_layouts(hf_gpt2, tmp_path):
-    folder, ref = hf_gpt2
-    expected = load_file(convert(folder, tmp_path / "plain.safetensors").dst)
-    _legacy_layout(folder, tmp_path / "legacy")
-    ref.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
-    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+def test_reads_legacy_and_sharded_layouts(gpt2_folder, tmp_path):
+    expected = load_file(convert(gpt2_folder, tmp_path / "plain.safetensors").dst)
+    _legacy_layout(gpt2_folder, tmp_path / "legacy")
+    write_gpt2_folder(tmp_path / "sharded", shards=3)  # the same weights (the same seed), in three files
     for name in ("legacy", "sharded"):
         got = load_file(convert(tmp_path / name, tmp_path / f"{name}.safetensors").dst)
         assert sorted(got) == sorted(expected) and all(_same_bytes(got[k], expected[k]) for k in got), name
@@ -254,8 +326,8 @@ def _rope_checkpoint(path):
     checkpoint.save(path, GPT(cfg), {"model_config": to_dict(cfg), "tokenizer": ByteTokenizer().to_dict()})
 
 
-def test_bad_input_gives_one_line_errors(hf_gpt2, tmp_path):
-    folder, _ = hf_gpt2
+def test_bad_input_gives_one_line_errors(gpt2_folder, tmp_path, capsys):
+    folder = gpt2_folder
     no_config = tmp_path / "no-config"
     no_config.mkdir()
     shutil.copy(folder / "model.safetensors", no_config / "model.safetensors")
@@ -271,12 +343,12 @@ def test_bad_input_gives_one_line_errors(hf_gpt2, tmp_path):
     _rope_checkpoint(tmp_path / "rope.safetensors")
     for src, needle in ((no_config, "config.json"), (llama, "model_type"), (pickled, "pickle"),
                         (tmp_path / "rope.safetensors", "pos_encoding")):
-        assert_one_line_error(run_cli("convert", str(src), str(tmp_path / "out")), needle)
+        assert_one_line_error(run_here(capsys, "convert", str(src), str(tmp_path / "out")), needle)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_library_refusals(hf_gpt2, tmp_path):
-    folder, _ = hf_gpt2
+def test_library_refusals(gpt2_folder, tmp_path):
+    folder = gpt2_folder
     convert(folder, tmp_path / "ck")
     with pytest.raises(UsageError, match="--overwrite"):
         convert(folder, tmp_path / "ck")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gptkit import checkpoint
-from tests.conftest import SHAKESPEARE
+from tests.conftest import SHAKESPEARE, run_here
 
 EVAL = 2  # a checkpoint every 2 steps: many writes, so kills land near them
 
@@ -60,17 +60,33 @@ def saved_step(run: Path) -> int | None:
     return step
 
 
-def resume_to(store: Path, text: Path, step: int, big: bool = False) -> None:
-    """`--resume` runs from the saved step one checkpoint further, and then no temporary file is left."""
-    proc = subprocess.run(train_args(store, text, resume=True, max_iters=step + EVAL, big=big), capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "GPTKIT_PEAK_FLOPS": "1e12"})
+def resume_to(capsys, store: Path, text: Path, step: int, big: bool = False) -> None:
+    """`--resume` (in this process: nothing about it needs a fresh one) runs from the saved step one
+    checkpoint further, and then no temporary file is left."""
+    proc = run_here(capsys, *train_args(store, text, resume=True, max_iters=step + EVAL, big=big)[3:])
     assert proc.returncode == 0, proc.stderr
     run = store / "r"
-    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[:-1]]
-    start = [e for e in events if e.get("event") == "start"][-1]
+    start = [e for e in logged(run) if e.get("event") == "start"][-1]
     assert start["resumed"] and start["step"] == step  # it continued from the checkpoint, not from zero
     assert saved_step(run) == step + EVAL
     assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+
+
+def logged(run: Path) -> list[dict]:
+    """The complete lines of the run's metrics.jsonl (a line being appended may be cut short)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines]
+
+
+def wait_for(seen, proc: subprocess.Popen, what: str) -> None:
+    """Poll until `seen()`; a run that ends first fails the test. No deadline here: pytest-timeout ends
+    a run that never gets there."""
+    while not seen():
+        assert proc.poll() is None, f"train ended before {what}: {proc.stderr.read()}"
+        time.sleep(0.001)
 
 
 @pytest.fixture()
@@ -80,28 +96,50 @@ def text(tmp_path) -> Path:
     return path
 
 
-def test_sigkill_at_random_moments(tmp_path, text):
+def test_sigkill_at_observed_moments(tmp_path, text, capsys, request):
+    """Each kill is triggered by what the run is seen doing, so it lands in the phase it is meant for
+    on a fast machine and a slow one (a kill after a random sleep could land in the torch import on a
+    busy one), and the phase it hit is read back from the disk and recorded (the report's kill_phases):
+    1. the moment the dataset folder appears (it is being tokenized: meta.json comes last), then a
+       fresh run in the same folder;
+    2. the moment the k-th evaluation is logged: the checkpoint before it is complete then, and the
+       k-th is about to be written. That one must survive whole, or the k-th must."""
     store, run = tmp_path / "store", tmp_path / "store" / "r"
     rng = random.Random(8)
-    step = None
-    for _ in range(2):
-        proc = spawn(train_args(store, text, resume=step is not None, max_iters=100_000))
-        time.sleep(rng.uniform(1.0, 5.0))  # import, tokenizing, training or writing: wherever it is
-        assert proc.poll() is None, proc.stderr.read()
-        kill(proc)
-        new = saved_step(run)
-        assert step is None or (new is not None and new >= step)  # nothing saved is ever lost
-        step = new
-    if step is None:  # every kill came before the first checkpoint: make one, then kill again
-        proc = spawn(train_args(store, text, resume=False, max_iters=100_000))
-        while not (run / checkpoint.LAST).exists():
-            time.sleep(0.05)
-        kill(proc)
-        step = saved_step(run)
-    resume_to(store, text, step)
+    hit = []
+    proc = spawn(train_args(store, text, resume=False, max_iters=100_000))
+    wait_for(lambda: (run / "data").is_dir(), proc, "building its dataset")
+    os.kill(proc.pid, signal.SIGSTOP)  # frozen as it was seen: what is on disk now is what the kill leaves
+    built = (run / "data" / "meta.json").exists()
+    kill(proc)
+    step = saved_step(run)
+    hit.append("after the dataset build" if built else "dataset build")
+    if step is not None:
+        hit[-1] += f", after checkpoint {step}"
+
+    k = rng.randint(2, 4)
+    started = len(logged(run))
+    proc = spawn(train_args(store, text, resume=step is not None, max_iters=100_000))
+
+    def evals() -> list[dict]:
+        return [e for e in logged(run)[started:] if e["event"] == "eval"]
+
+    wait_for(lambda: len(evals()) >= k, proc, f"evaluation {k}")
+    os.kill(proc.pid, signal.SIGSTOP)
+    # the last evaluation logged (the k-th, or a later one if this test was slow to look): the checkpoint
+    # before it was complete when it was logged, and its own is being written
+    writing = evals()[-1]["step"]
+    kill(proc)
+    new = saved_step(run)
+    hit.append(f"writing checkpoint {writing} ({'done' if new == writing else 'killed before it was in place'})")
+    request.node.user_properties.append(("kill_phases", hit))  # in a JUnit report
+    assert new in (writing - EVAL, writing), (hit, new)  # nothing saved is ever lost
+    assert step is None or new >= step, (hit, new)
+    resume_to(capsys, store, text, new)
+    print("kills hit:", "; ".join(hit))  # shown with -rA
 
 
-def test_sigkill_during_a_checkpoint_write(tmp_path, text):
+def test_sigkill_during_a_checkpoint_write(tmp_path, text, capsys):
     """A 1.6M-parameter model makes each write take a while; the kill comes the moment the temporary
     file of a second write appears, while the first checkpoint stands."""
     store, run = tmp_path / "store", tmp_path / "store" / "r"
@@ -122,4 +160,4 @@ def test_sigkill_during_a_checkpoint_write(tmp_path, text):
     assert tmp.exists()  # killed mid-write: the half-written file is still there ...
     assert saved_step(run) == before  # ... and the checkpoint it was to replace is intact
     assert [r.name for r in checkpoint.list_runs(store)] == ["r"]  # readers ignore the temporary file
-    resume_to(store, text, before, big=True)  # continues from it; the stale temporary file is cleaned up
+    resume_to(capsys, store, text, before, big=True)  # continues from it; the stale temporary file is cleaned up

@@ -4,6 +4,7 @@ one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -28,16 +29,62 @@ def test_inspect_help_does_not_import_torch():
     assert "--neighbors" in proc.stdout and "--max-positions" in proc.stdout
 
 
-def test_summary_of_the_newest_run(trained_run):
-    proc = run_inspect(trained_run)  # no PATH|RUN: the newest run in the store
+def _greedy_ids(capsys, *args: str) -> list[int]:
+    proc = run_here(capsys, "sample", *args, "-p", "ROMEO:", "-n", "12", "--temperature", "0", "--no-echo", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    return json.loads(proc.stdout)["token_ids"]
+
+
+def test_with_no_run_named_the_newest_of_several_runs_in_the_gptkit_store_store(trained_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    """GPTKIT_STORE and no --store: `train` writes there (not ./checkpoints), and `inspect` and `sample`
+    with no run named take its newest run by checkpoint time, out of two, whichever is newer."""
+    import os
+    import shutil
+    import time
+
+    from gptkit import checkpoint
+    from gptkit.generate import generate
+
+    store = tmp_path / "elsewhere"
+    old = store / "shakespeare"
+    old.mkdir(parents=True)
+    for name in (checkpoint.BEST, "metrics.jsonl"):
+        shutil.copy(trained_run["run_dir"] / name, old / name)
+    os.utime(old / checkpoint.BEST, (1_000_000_000, 1_000_000_000))  # an old run
+    monkeypatch.chdir(tmp_path)  # the default store would be ./checkpoints: nothing may land there
+    monkeypatch.delenv("GPTKIT_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("GPTKIT_STORE", str(store))
+    monkeypatch.setenv("COLUMNS", "300")  # the header line, path and all, on one line
+    text = tmp_path / "tiny.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    proc = run_here(capsys, "train", str(text), "--run", "new", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                    "--block-size", "16", "--batch-size", "2", "--grad-accum", "1", "--max-iters", "3",
+                    "--eval-interval", "3", "--eval-iters", "1", "--device", "cpu", "--no-compile", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (store / "new" / checkpoint.LAST).is_file() and not (tmp_path / "checkpoints").exists()
+    expect_new, expect_old = ([*generate(m, tok.encode("ROMEO:"), 12, temperature=0)] for m, tok, _ in
+                              (checkpoint.load_for_inference(store / "new"), checkpoint.load_for_inference(old)))
+    assert expect_new != expect_old  # the two runs tell apart by their greedy text
+
+    proc = run_here(capsys, "inspect")  # no PATH|RUN: the newest run, the one just trained
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"new  ({store / 'new' / checkpoint.BEST})", proc.stdout
+    assert "training: 3 steps" in proc.stdout, proc.stdout
+    assert _greedy_ids(capsys) == expect_new
+
+    later = time.time() + 1000  # the old run improved again (its best written last): now it is the newest
+    os.utime(old / checkpoint.BEST, (later, later))
+    proc = run_here(capsys, "inspect")
+    assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    assert out.splitlines()[0] == f"shakespeare  ({old / checkpoint.BEST})", out
     total = next(e for e in trained_run["events"] if e["event"] == "start")["params"]
     assert f"{total:,}" in out and "non-embedding" in out and "attention Q" in out
     assert "tokenizer: char (char), 65 ids" in out
     assert f"{trained_run['result'].step:,} steps" in out and "bits/char" in out
     assert "val loss curve:" in out and "format version 1" in out
+    assert _greedy_ids(capsys) == expect_old
 
 
 def test_a_closed_pipe_ends_quietly_with_0(trained_run, tmp_path):
@@ -115,12 +162,12 @@ def test_neighbors_flag_finds_a_copied_prompt_in_a_file_whose_hash_differs(train
 KOREAN_PROMPT = "고양이가 뷁 하고 울었다"  # whole syllables, and 뷁 in byte pieces
 
 
-def test_korean_labels_line_up_by_terminal_cells(korean_bpe_run):
-    proc = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--layer", "0", "--head", "0", "--numbers")
+def test_korean_labels_line_up_by_terminal_cells(korean_bpe_run, capsys):
+    proc = run_here(capsys, "inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--layer", "0", "--head", "0",
+                    "--numbers")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    n = len(json.loads(run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--json").stdout)
-            ["analysis"]["tokens"])
+    n = len(prompt_pieces(korean_bpe_run))
     for title in ("layer 0 head 0", "layer 0 head 0 weights"):
         start = lines.index(title) + 1
         block = lines[start:lines.index("", start)]  # column headers, then one row per token
@@ -130,6 +177,48 @@ def test_korean_labels_line_up_by_terminal_cells(korean_bpe_run):
         assert len({cell_len(line) for line in block}) == 1, "\n".join(block)
 
 
+def reference_label(piece: bytes) -> str:
+    """A token's label as the docs define it, written here without gptkit's code: each whole UTF-8
+    character as itself, each byte that is only part of one as <0xXX>."""
+    out, i = [], 0
+    while i < len(piece):
+        lead = piece[i]
+        n = 1 if lead < 0x80 else 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 0
+        whole = n and i + n <= len(piece) and all(0x80 <= c < 0xC0 for c in piece[i + 1:i + n])
+        out.append(piece[i:i + n].decode("utf-8") if whole else f"<0x{lead:02X}>")
+        i += n if whole else 1
+    return "".join(out)
+
+
+def prompt_pieces(run) -> list[tuple[int, str | None, str]]:
+    """(id, text, label) of each token of KOREAN_PROMPT, from the run's own tokenizer: whatever merges
+    rustbpe learned, these are the pieces the views must show."""
+    from gptkit import checkpoint
+    from gptkit.tokenizers.stored import tokenizer_from_dict
+
+    tok = tokenizer_from_dict(checkpoint.read_info(checkpoint.resolve(run)).meta["tokenizer"])
+    ids = tok.encode(KOREAN_PROMPT)
+    pieces = [tok.token_bytes(i) for i in ids]
+    assert b"".join(pieces) == KOREAN_PROMPT.encode("utf-8")
+    out = []
+    for i, piece in zip(ids, pieces, strict=True):
+        try:
+            text = piece.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        out.append((i, text, reference_label(piece)))
+    assert any(t is None for _, t, _ in out) and any(t for _, t, _ in out)  # byte pieces and whole syllables
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    """A line as terminal cells: a wide character fills its cell and an empty one after it."""
+    out: list[str] = []
+    for ch in line:
+        out += [ch] + [""] * (cell_len(ch) - 1)
+    return out
+
+
 def test_byte_piece_columns_are_headed_by_their_hex_digits(korean_bpe_run, capsys):
     """Every byte piece's label starts with `<`, so a header of first characters read `< < <`; columns
     show the hex digits instead (E over B in a heatmap, 0xEB over the numbers)."""
@@ -137,11 +226,20 @@ def test_byte_piece_columns_are_headed_by_their_hex_digits(korean_bpe_run, capsy
                     "--numbers")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    heat = lines[lines.index("layer 0 head 0") + 1:][:3]  # tokens 5-7 are ␣<0xEB> <0xB7> <0x81>
-    assert "E B 8 " in heat[0] and "B 7 1 " in heat[1] and heat[2].strip().startswith("0 1 2"), "\n".join(heat)
-    assert "<" not in heat[0] + heat[1]
-    numbers = lines[lines.index("layer 0 head 0 weights") + 1]
-    assert " 0xEB 0xB7 0x81 " in numbers and "<" not in numbers, numbers
+    labels = [label.replace(" ", "␣") for _, _, label in prompt_pieces(korean_bpe_run)]
+    top, bottom, numbering = lines[lines.index("layer 0 head 0") + 1:][:3]  # two header rows, column numbers
+    width = len(numbering) - len(numbering.lstrip())  # the row labels' width: column j starts at width + 2j
+    assert numbering.split()[:len(labels)] == [str(j % 10) for j in range(len(labels))], numbering
+    numbers = _cells(lines[lines.index("layer 0 head 0 weights") + 1])  # each column 5 cells: " 0xEB"
+    top, bottom = _cells(top), _cells(bottom)
+    for j, label in enumerate(labels):
+        byte = re.match(r"␣?<0x([0-9A-F]{2})>", label)
+        if byte:
+            assert top[width + 2 * j] + bottom[width + 2 * j] == byte.group(1), (j, label)
+            assert "".join(numbers[width + 5 * j:width + 5 * j + 5]) == " 0x" + byte.group(1), (j, label)
+        else:
+            assert top[width + 2 * j] == label[0], (j, label)
+    assert "<" not in "".join(top + bottom)
 
 
 def test_one_cell_columns_stack_a_bytes_hex_digits():
@@ -166,20 +264,25 @@ def test_hangul_keeps_two_cell_columns_and_labels_show_two_byte_pieces():
     assert len({cell_len(r) for r in rows}) == 1  # every row as many cells wide
 
 
-def test_byte_pieces_show_as_tokenize_shows_them(korean_bpe_run):
-    js = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--json")
-    tok = run_cli("tokenize", "--checkpoint", str(korean_bpe_run), KOREAN_PROMPT, "--json")
+def test_byte_pieces_show_as_tokenize_shows_them(korean_bpe_run, capsys, monkeypatch):
+    """inspect and tokenize give the tokenizer's own pieces, with the same ids, texts and labels, and
+    inspect's prompt line shows those labels: no U+FFFD for a byte that is part of a syllable."""
+    expected = prompt_pieces(korean_bpe_run)
+    js = run_here(capsys, "inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--json")
+    tok = run_here(capsys, "tokenize", "--checkpoint", str(korean_bpe_run), KOREAN_PROMPT, "--json")
     assert js.returncode == 0 and tok.returncode == 0, js.stderr + tok.stderr
     mine = json.loads(js.stdout)["analysis"]["tokens"]
     theirs = json.loads(tok.stdout)["tokens"]
-    assert [(t["id"], t["text"], t["label"]) for t in mine] == [(t["id"], t["text"], t["label"]) for t in theirs]
-    assert [(t["text"], t["label"]) for t in mine[5:8]] == [(None, " <0xEB>"), (None, "<0xB7>"), (None, "<0x81>")]
+    assert [(t["id"], t["text"], t["label"]) for t in mine] == expected
+    assert [(t["id"], t["text"], t["label"]) for t in theirs] == expected
     assert "\ufffd" not in js.stdout
-    view = run_cli("inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--neighbors", "--max-positions", "300",
-                   env={"COLUMNS": "200"})
+    monkeypatch.setenv("COLUMNS", "200")
+    view = run_here(capsys, "inspect", str(korean_bpe_run), "-p", KOREAN_PROMPT, "--neighbors", "--max-positions",
+                    "300")
     assert view.returncode == 0, view.stderr
     assert "\ufffd" not in view.stdout
-    assert "prompt tokens: 고 <0xEC><0x96> <0x91> 이 가 ␣<0xEB> <0xB7> <0x81> ␣하 고 " in view.stdout
+    shown = " ".join(label.replace(" ", "␣") for _, _, label in expected)
+    assert f"prompt tokens: {shown}  ({len(expected)} tokens)" in view.stdout, view.stdout
 
 
 def test_an_unwritable_save_path_fails_before_any_output(trained_run, capsys, tmp_path):

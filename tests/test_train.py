@@ -113,7 +113,8 @@ def test_resume_alone_takes_the_runs_own_settings(tmp_path):
     """`--resume` with no other flag: the run's batch size, learning rates, warmup, optimizer and budget
     come from its checkpoint, not from today's defaults, so it still ends bit-identical to a straight run."""
     mc, tc = _tiny(max_iters=20, learning_rate=2e-3, warmup_iters=3, optimizer="adamw", batch_size=3)
-    train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path)
+    straight: list[dict] = []
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path, on_event=straight.append)
     train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(7))
     default_mc, default_tc = resolve_config(None, None, {})  # what the command line holds with no flags
     assert (default_tc.batch_size, default_tc.max_iters, default_tc.optimizer) != (3, 20, "adamw")
@@ -130,8 +131,19 @@ def test_resume_alone_takes_the_runs_own_settings(tmp_path):
         train(default_mc, default_tc, None, tmp_path / "split", tmp_path, resume=True, explicit=set())
     assert (tmp_path / "split" / checkpoint.LAST).read_bytes() == before
     more = dataclasses.replace(default_tc, max_iters=23)  # a flag on the command line wins
+    events: list[dict] = []
     assert train(default_mc, more, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True,
-                 explicit={"max_iters"}).step == 23
+                 explicit={"max_iters"}, on_event=events.append).step == 23
+
+    # the longer budget stretches the cosine (README): the rate rises again, to where a 23-step run is at step 20
+    def cosine(step, total):  # warmup 3, then from 2e-3 down to the run's min_lr over the rest of the steps
+        return saved["min_lr"] + 0.5 * (1 + math.cos(math.pi * (step - 3) / (total - 3))) * (2e-3 - saved["min_lr"])
+
+    ended = [e["lr"] for e in straight if e["event"] == "step"]
+    again = [e["lr"] for e in events if e["event"] == "step"]
+    assert ended[-1] == pytest.approx(cosine(19, 20), rel=1e-9)
+    assert again == pytest.approx([cosine(s, 23) for s in (20, 21, 22)], rel=1e-9)
+    assert again[0] > ended[-1]
 
 
 def test_a_spent_time_budget_is_named():
@@ -143,23 +155,81 @@ def test_a_spent_time_budget_is_named():
         _check_budget_left(tc, {"step": 50, "elapsed": 21.0}, "r")
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+def _poison_a_weight(path):
+    """The checkpoint at `path` rewritten with one weight NaN, everything else (metadata, moments) as saved."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors["model.transformer.wte.weight"][0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("how", ["diverging-lr", "nan-weight"])
+def test_a_diverging_run_stops_and_keeps_the_last_checkpoint(tmp_path, how):
+    """A real divergence, not a patched forward: resumed at a learning rate of 1e4 without clipping,
+    the weights overflow through the optimizer within a few steps; or a checkpoint holds a NaN weight.
+    The non-finite loss stops the run with one line before anything is saved over the last checkpoint."""
     mc, tc = _tiny(max_iters=10)
     train(mc, tc, str(SHAKESPEARE), tmp_path / "r", tmp_path)
-    before = (tmp_path / "r" / checkpoint.LAST).read_bytes()
-    import gptkit.model
+    last = tmp_path / "r" / checkpoint.LAST
+    if how == "nan-weight":
+        _poison_a_weight(last)
+    before = last.read_bytes()
+    changes = dict(max_iters=40, eval_interval=1000)  # no evaluation before the end: a run that never diverges saves
+    if how == "diverging-lr":
+        changes.update(learning_rate=1e4, min_lr=1e4, grad_clip=0.0)
+    mc, tc = _tiny(**changes)
+    events: list[dict] = []
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) .*lower --learning-rate"):
+        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True, explicit=set(changes),
+              on_event=events.append)
+    assert last.read_bytes() == before
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert not steps or steps[-1] < 40, steps  # it stopped at the divergence, not at its budget
 
-    original = gptkit.model.GPT.forward
 
-    def poisoned(self, idx, targets=None, **kw):
-        logits, loss = original(self, idx, targets, **kw)
-        return logits, (loss * float("nan") if loss is not None and self.training else loss)
+def test_best_keeps_the_lowest_evaluation_without_moments_and_sample_reads_it(tmp_path, capsys):
+    """best.safetensors is written only when validation improves, and without optimizer moments; a
+    later, worse evaluation (a learning-rate spike) leaves it as it was. `sample` and `inspect` read
+    it, `--resume` continues from last."""
+    from gptkit.generate import generate
+    from tests.conftest import run_here
 
-    monkeypatch.setattr(gptkit.model.GPT, "forward", poisoned)
-    mc, tc = _tiny(max_iters=20)
-    with pytest.raises(TrainingError, match="nan"):
-        train(mc, tc, str(tmp_path / "r" / "data"), tmp_path / "r", tmp_path, resume=True, explicit={"max_iters"})
-    assert (tmp_path / "r" / checkpoint.LAST).read_bytes() == before
+    run = tmp_path / "r"
+    events: list[dict] = []
+    mc, tc = _tiny(max_iters=10)
+    train(mc, tc, str(SHAKESPEARE), run, tmp_path, on_event=events.append)
+    before = (run / checkpoint.BEST).read_bytes()
+    spike = dict(max_iters=20, learning_rate=1.0, min_lr=1.0)
+    mc, tc = _tiny(**spike)
+    train(mc, tc, str(run / "data"), run, tmp_path, resume=True, explicit=set(spike), on_event=events.append)
+    evals = {e["step"]: e["val_loss"] for e in events if e["event"] == "eval"}
+    assert sorted(evals) == [10, 20] and math.isfinite(evals[20]) and evals[20] > evals[10] + 0.5, evals
+    best, last = checkpoint.read_info(run / checkpoint.BEST), checkpoint.read_info(run / checkpoint.LAST)
+    assert best.state["step"] == min(evals, key=evals.get) == 10 and last.state["step"] == 20
+    assert (run / checkpoint.BEST).read_bytes() == before  # not written again by the worse evaluation
+    assert not any(k.startswith("optim.") for k in best.tensors)
+    assert any(k.startswith("optim.") for k in last.tensors)
+
+    greedy = {}
+    for name in (checkpoint.BEST, checkpoint.LAST):
+        model, tok, _ = checkpoint.load_for_inference(run / name)
+        greedy[name] = list(generate(model, tok.encode("ROMEO:"), 12, temperature=0))
+    assert greedy[checkpoint.BEST] != greedy[checkpoint.LAST]
+    proc = run_here(capsys, "sample", "-c", str(run), "-p", "ROMEO:", "-n", "12", "--temperature", "0", "--no-echo",
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["token_ids"] == greedy[checkpoint.BEST]
+    proc = run_here(capsys, "inspect", str(run), "--json")
+    assert json.loads(proc.stdout)["summary"]["path"] == str(run / checkpoint.BEST), proc.stderr
+
+    resumed: list[dict] = []
+    mc, tc = _tiny(max_iters=21)
+    train(mc, tc, str(run / "data"), run, tmp_path, resume=True, explicit={"max_iters"}, on_event=resumed.append)
+    assert next(e for e in resumed if e["event"] == "start")["step"] == 20  # from last, not from best's 10
 
 
 class FakeClock:
