@@ -411,14 +411,16 @@ def gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
 
 # Memory limits: refuse a job that cannot fit with one clear line, instead of being OOM-killed halfway.
 # The estimates are deliberately rough (within a factor of ~2); they exist to catch absurd settings.
-def available_memory(device: torch.device) -> int | None:
-    """Bytes the job can still get: free memory on a CUDA device; otherwise the OS's MemAvailable,
-    lowered to a container's cgroup limit when one is set. None when it cannot be told."""
+def available_memory(device: torch.device, meminfo: str = "/proc/meminfo",
+                     cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes the job can still get: free memory on a CUDA device; otherwise the OS's MemAvailable
+    (from `meminfo`), lowered to a container's cgroup limit (under `cgroup`) when one is set. None
+    when it cannot be told."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     avail = None
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(meminfo, encoding="ascii") as f:
             avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError, IndexError):
         try:
@@ -428,7 +430,7 @@ def available_memory(device: torch.device) -> int | None:
     for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
                          ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
         try:
-            room = _read_int(f"/sys/fs/cgroup/{limit}") - _read_int(f"/sys/fs/cgroup/{usage}")
+            room = _read_int(f"{cgroup}/{limit}") - _read_int(f"{cgroup}/{usage}")
         except (OSError, ValueError):  # no such file, or "max": no limit
             continue
         avail = room if avail is None else min(avail, room)

@@ -230,6 +230,40 @@ def test_trained_checkpoint_to_hf_matches_logits_and_back(trained_run, transform
     assert sorted(original) == sorted(copy) and all(_same_bytes(original[k], copy[k]) for k in original)
 
 
+def _untrained(path, tokenizer):
+    from gptkit.model import GPT
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tokenizer.vocab_size)
+    torch.manual_seed(0)
+    checkpoint.save(path, GPT(cfg), {"model_config": to_dict(cfg), "tokenizer": tokenizer.to_dict()})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["bpe", "byte", "cl100k_base"])
+def test_tokenizers_without_a_hf_twin_travel_in_gptkit_tokenizer_json_and_back(kind, request, tmp_path):
+    """A bpe trained for real (on Korean), bytes, and a tiktoken encoding other than gpt2: the export
+    carries each one's own tokenizer and end-of-text id, and the way back gives the same checkpoint."""
+    import tiktoken
+
+    src = (request.getfixturevalue("korean_bpe_run") if kind == "bpe"
+           else _untrained(tmp_path / "src.safetensors", build_tokenizer(kind)))
+    info = checkpoint.read_info(checkpoint.resolve(src))
+    tokenizer = info.meta["tokenizer"]
+    result = convert(src, tmp_path / "hf")
+    assert result.tokenizer == tokenizer["name"] and "vocab.json" not in result.files
+    assert load_tokenizer(tmp_path / "hf" / "gptkit_tokenizer.json").to_dict() == tokenizer
+    eot = tiktoken.get_encoding(kind).eot_token if kind == "cl100k_base" else None  # bpe and byte have none
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((tmp_path / "hf" / name).read_text())
+        assert config["eos_token_id"] == config["bos_token_id"] == eot, name
+    back = convert(tmp_path / "hf", tmp_path / "back.safetensors")
+    assert back.tokenizer == result.tokenizer
+    again = checkpoint.read_info(back.dst)
+    assert again.meta["tokenizer"] == tokenizer and again.model_config == info.model_config
+    original, copy = (checkpoint.load_tensors(i, "model.") for i in (info, again))
+    assert sorted(original) == sorted(copy) and all(_same_bytes(original[k], copy[k]) for k in original)
+
+
 def test_converted_gpt2_samples_inspects_and_fine_tunes(gpt2_folder, tmp_path, capsys):
     dst = tmp_path / "gpt2-random"
     convert(gpt2_folder, dst)

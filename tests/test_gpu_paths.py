@@ -221,3 +221,97 @@ def test_cpu_auto_precision_is_measured_not_looked_up(monkeypatch, bf16_time, ex
     dtype, ratio = runtime.faster_cpu_dtype(step)
     assert dtype == expected and ratio == pytest.approx(bf16_time / 0.01)
     assert math.isfinite(ratio)
+
+
+def test_loss_scaling_is_taken_out_before_the_gradient_clip(tmp_path, monkeypatch):
+    """fp16 training scales the loss (65536 at first) and must unscale the gradients before clipping
+    them: with the scaler turned on for an fp32 CPU run, where scaling by a power of two is exact, the
+    gradient norms, losses and weights are the unscaled run's."""
+    from gptkit import checkpoint
+    from gptkit.train import train
+    from tests.conftest import SHAKESPEARE
+
+    mc, tc = resolve_config("tiny", None, dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4,
+                                               grad_accum=1, max_iters=3, eval_interval=3, eval_iters=1,
+                                               grad_clip=0.5, dtype="float32", device="cpu"))
+    runs = {}
+    for name, scaled in (("plain", False), ("scaled", True)):
+        if scaled:
+            monkeypatch.setattr(runtime, "grad_scaler", lambda device, dtype: torch.amp.GradScaler("cpu"))
+        events: list[dict] = []
+        train(mc, tc, str(SHAKESPEARE), tmp_path / name, tmp_path, on_event=events.append)
+        runs[name] = ([v for e in events if e["event"] == "step" for v in (e["loss"], e["grad_norm"])],
+                      checkpoint.load_tensors(checkpoint.read_info(tmp_path / name / checkpoint.LAST), "model."))
+    (plain, plain_w), (scaled, scaled_w) = runs["plain"], runs["scaled"]
+    assert len(plain) == 6 and plain[1] > tc.grad_clip  # 3 steps (loss, norm); the clip acts
+    assert scaled == pytest.approx(plain, rel=1e-6)
+    assert all(torch.allclose(plain_w[k], scaled_w[k], atol=1e-7) for k in plain_w)
+
+
+def test_tf32_matmuls_are_turned_on_for_cuda_only():
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)  # not monkeypatch: it would delete them after
+    before = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = False
+        runtime.enable_fast_math(torch.device("cpu"))
+        assert not any(f.allow_tf32 for f in flags)
+        runtime.enable_fast_math(CUDA)
+        assert all(f.allow_tf32 for f in flags)
+    finally:
+        for f, value in zip(flags, before, strict=True):
+            f.allow_tf32 = value
+
+
+def test_torchrun_on_gpus_takes_nccl_and_each_rank_its_own_gpu(monkeypatch):
+    """Rank 3 of 4, local rank 1: NCCL bound to cuda:1 at start (device_id), DDP holding the model
+    there; `--device cpu` on the same machine takes gloo."""
+    import torch.distributed as dist
+
+    from gptkit.loop import Loop
+
+    calls = []
+    for name, value in (("RANK", "3"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "4")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    gpu1 = torch.device("cuda", 1)
+    info, device = runtime.setup_distributed("auto")
+    assert (info.rank, info.local_rank, info.world_size, device) == (3, 1, 4, gpu1)
+    assert calls == [("set_device", gpu1), ("init", {"backend": "nccl", "device_id": gpu1})]
+    calls.clear()
+    assert runtime.setup_distributed("cpu")[1] == torch.device("cpu") and calls == [("init", {"backend": "gloo"})]
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda m, device_ids=None: ("DDP", m, device_ids))
+    loop = Loop.__new__(Loop)  # only what wrapping reads
+    model = torch.nn.Linear(2, 2)
+    loop.dist, loop.device, loop.train_model = info, gpu1, model
+    loop._wrap_ddp()
+    assert loop.train_model == ("DDP", model, [1])
+    loop.device, loop.train_model = torch.device("cpu"), model
+    loop._wrap_ddp()
+    assert loop.train_model == ("DDP", model, None)
+
+
+def test_training_compiles_by_default_on_cuda_only():
+    cpu = torch.device("cpu")
+    assert runtime.want_compile(None, CUDA) and not runtime.want_compile(None, cpu)
+    assert runtime.want_compile(True, cpu) and not runtime.want_compile(False, CUDA)
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((7, 5), torch.float16)])
+def test_sample_on_a_gpu_takes_its_precision_unless_told(monkeypatch, capability, expected):
+    """`sample --dtype auto`: the GPU's autocast precision for the weights (fp32 on a CPU); a --dtype given wins."""
+    from gptkit import checkpoint
+    from gptkit.cli import sample_cmd
+    from gptkit.tokenizers.core import ByteTokenizer
+
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=256)
+    monkeypatch.setattr(runtime, "pick_device", lambda name: CUDA)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(checkpoint, "load_for_inference", lambda ref, store, dev: (GPT(cfg), ByteTokenizer(), None))
+    for asked, dtype in (("auto", expected), ("float32", torch.float32)):
+        model, _, _, dev = sample_cmd.load("r", None, "auto", asked, None)
+        assert dev == CUDA and next(model.parameters()).dtype == dtype, asked

@@ -249,6 +249,43 @@ def test_absurd_sizes_are_refused_against_available_memory(work, capsys, monkeyp
         refused(capsys, work, args, USAGE, "memory", "available", *needles)
 
 
+def test_the_memory_check_turned_off_lets_an_absurd_size_through_to_the_next_check(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    absurd = ["train", "short.txt", "--store", "store", "--batch-size", "1000000000"]
+    refused(capsys, work, absurd, USAGE, "memory", "available", "--batch-size")
+    monkeypatch.setenv("GPTKIT_MEMORY_CHECK", "0")
+    refused(capsys, work, absurd, INPUT, "needs at least 65", "--block-size")  # the text is too short for a block
+
+
+def test_available_memory_is_meminfos_lowered_to_a_containers_room(tmp_path, monkeypatch):
+    """/proc/meminfo's MemAvailable, or less: what a cgroup (v2 memory.max, else v1 limit_in_bytes)
+    leaves of its limit; "max" is no limit. A GPU's is its free memory."""
+    cpu, cg = torch.device("cpu"), tmp_path / "cgroup"
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:  1000 kB\nMemAvailable:    8192000 kB\n")
+    cg.mkdir()
+
+    def avail() -> int | None:
+        return runtime.available_memory(cpu, str(meminfo), str(cg))
+
+    assert avail() == 8192000 * 1024  # no cgroup files: not in a container
+    (cg / "memory.max").write_text("max\n")
+    (cg / "memory.current").write_text(f"{2**30}\n")
+    assert avail() == 8192000 * 1024
+    (cg / "memory.max").write_text(f"{3 * 2**30}\n")
+    assert avail() == 2 * 2**30  # 3 GiB limit, 1 GiB used
+    (cg / "memory.max").write_text(f"{64 * 2**30}\n")
+    assert avail() == 8192000 * 1024  # a limit above what the machine has left
+    for name in ("memory.max", "memory.current"):
+        (cg / name).unlink()
+    (cg / "memory").mkdir()
+    (cg / "memory" / "memory.limit_in_bytes").write_text(f"{2**31}\n")
+    (cg / "memory" / "memory.usage_in_bytes").write_text(f"{2**29}\n")
+    assert avail() == 3 * 2**29  # v1: 2 GiB limit, 0.5 GiB used
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * 2**30, 80 * 2**30))
+    assert runtime.available_memory(torch.device("cuda", 0)) == 5 * 2**30
+
+
 def test_numbers_too_large_for_the_libraries_below(work, capsys, monkeypatch):
     """rustbpe counts its vocabulary in 32 bits and torch its threads in a C int: past those, one
     line naming the flag instead of an OverflowError from inside the library."""

@@ -277,6 +277,7 @@ def test_a_cached_dataset_is_reused_only_while_every_input_is_the_same(tmp_path)
         return ds, (out / "train.bin").stat().st_mtime_ns
 
     first, stamp = prepare()
+    first_train = bytes(first.train)
     splits = [(i["train_bytes"], i["val_bytes"]) for i in first.meta["inputs"]]
     assert prepare()[1] == stamp  # same inputs, same settings: reused
     changes = {
@@ -292,6 +293,9 @@ def test_a_cached_dataset_is_reused_only_while_every_input_is_the_same(tmp_path)
         assert new != stamp, what
         stamp = new
         assert prepare()[1] == stamp, what  # and reused again after
+        if what == "a letter changed (same size)":  # the new text's hash recorded, its tokens in the arrays
+            assert ds.meta["inputs"][0]["sha256"] == hashlib.sha256((f / "a.txt").read_bytes()).hexdigest()
+            assert bytes(ds.train) != first_train and bytes(ds.train).replace(b"W\0o\0r", b"F\0i\0r", 1) == first_train
         if what == "a file added":  # the earlier files keep their own split: no validation text moves to training
             assert [(i["train_bytes"], i["val_bytes"]) for i in ds.meta["inputs"][:2]] == splits
     for settings in ({"name": "char"}, {"val": 0.2}, {"field": "body"}, {"refs": (str(f / "a.txt"),)}):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from gptkit import checkpoint
+from gptkit.config import ModelConfig, to_dict
 from tests.conftest import KOREAN, assert_one_line_error, built_once, run_cli, run_here
 
 
@@ -187,3 +191,66 @@ def test_bf16_sampling_on_a_cpu(trained_run, tmp_path):
     assert "cpu bfloat16 | compile off" in bf16.stderr and "cpu float32" in fp32.stderr
     text16, text32 = (json.loads(p.stdout)["text"] for p in (bf16, fp32))
     assert len(text16) == 60 and text16[:8] == text32[:8], (text16, text32)
+
+
+def test_plain_samples_of_one_prompt_are_parted_by_dashes_and_stats_go_to_stderr_alone(trained_run, capsys):
+    args = ("sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "40", "--seed", "7",
+            "--num-samples", "3", "--cpu-split", "off")
+    rows = [json.loads(line) for line in run_here(capsys, *args, "--json").stdout.splitlines()]
+    assert len(rows) == 3 and len({r["text"] for r in rows}) == 3
+    plain = run_here(capsys, *args)
+    assert plain.returncode == 0 and plain.stderr == ""
+    shown = [("ROMEO:" + r["text"]).removesuffix("\n") for r in rows]  # each ends in exactly one newline
+    parts = re.split(r"\n-{10,}\n", plain.stdout.removesuffix("\n"))  # a line of dashes between samples
+    assert parts == shown
+    stats = run_here(capsys, *args, "--stats")
+    assert stats.stdout == plain.stdout
+    [line] = stats.stderr.splitlines()  # --stats alone: the stats line, nothing else
+    made = sum(len(r["token_ids"]) for r in rows)
+    assert line.startswith(f"stats: prompt {rows[0]['prompt_tokens']} tokens | generated {made} tokens (3 samples) | ")
+
+
+def _the_then_end_of_text(path, position: int) -> None:
+    """A 1-layer model with GPT-2's tokenizer whose greedy text is " the" until `position`, then
+    end-of-text. The blocks add nothing (zero output projections), so the logits are
+    LN(wte[token] + wpe[position]) · wteᵀ, and the position embeddings dominate: 100·(e2 − e3)
+    before `position`, 100·(e0 − e1) from it on. Only " the" (10·(e2 − e3)) and end-of-text
+    (10·(e0 − e1)) have those dimensions in their embeddings."""
+    from gptkit.model import GPT
+    from gptkit.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("gpt2")
+    [the] = tok.encode(" the")
+    cfg = ModelConfig(n_layer=1, n_head=1, n_embd=16, block_size=32, vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    tr = model.transformer
+    eye = torch.eye(cfg.n_embd)
+    with torch.no_grad():
+        for proj in (tr.h[0].attn.c_proj, tr.h[0].mlp.c_proj):
+            proj.weight.zero_()
+            proj.bias.zero_()
+        tr.wte.weight[:, :4] = 0
+        tr.wte.weight[the] = 10 * (eye[2] - eye[3])
+        tr.wte.weight[tok.eot_id] = 10 * (eye[0] - eye[1])
+        tr.wpe.weight[:position] = 100 * (eye[2] - eye[3])
+        tr.wpe.weight[position:] = 100 * (eye[0] - eye[1])
+    checkpoint.save(path, model, {"model_config": to_dict(cfg), "tokenizer": tok.to_dict()})
+
+
+def test_sampling_stops_at_the_tokenizers_end_of_text(tmp_path, capsys):
+    """eos was a pretend id handed to the library; here the CLI must find GPT-2's <|endoftext|> (50256)
+    itself. The reference is a plain greedy forward of the same model."""
+    path = tmp_path / "eot.safetensors"
+    _the_then_end_of_text(path, 8)
+    model, tok, _ = checkpoint.load_for_inference(path)
+    ids = tok.encode("ROMEO:")  # 3 tokens: positions 2 to 7 predict " the", 8 end-of-text
+    with torch.no_grad():
+        while ids[-1] != tok.eot_id and len(ids) < 20:
+            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    new = ids[3:]
+    assert tok.eot_id == 50256 and new == tok.encode(" the" * 6) + [tok.eot_id]
+    js = json.loads(run_here(capsys, "sample", "-c", str(path), "-p", "ROMEO:", "-n", "20", "--temperature", "0",
+                             "--json", "--cpu-split", "off").stdout)
+    assert js["finish_reason"] == "eos" and js["token_ids"] == new
+    assert js["text"] == tok.decode(new[:-1]) and "<|endoftext|>" not in js["text"]

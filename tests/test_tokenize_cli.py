@@ -4,6 +4,7 @@ datasets that `gptkit train` uses, and one-line errors for bad input."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pty
@@ -207,3 +208,42 @@ def test_char_tokenizer_lists_unknown_characters(tmp_path):
     assert made.returncode == 0, made.stderr
     proc = run_cli("tokenize", "-t", "en.json", "Elizabeth 한글 ☃", cwd=tmp_path)
     assert_one_line_error(proc, "'한'", "'☃'", "--tokenizer byte or bpe")
+
+
+def _stdin(monkeypatch, text: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+
+
+def test_val_fraction_count_lines_stdin_and_a_saved_tokenizer_in_compare(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:40_000]
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    data = text.encode()
+    for fraction in ("0.1", "0.35"):  # held out: from the first line start after 1 - fraction of the bytes
+        assert run_here(capsys, "tokenize", "t.txt", "--out", fraction, "-t", "byte", "--val-fraction", fraction,
+                        "-q").returncode == 0
+        cut = data.index(b"\n", int(len(data) * (1 - float(fraction)))) + 1
+        meta = json.loads((tmp_path / fraction / "meta.json").read_text())
+        assert meta["val_tokens"] == len(data) - cut and meta["train_tokens"] == cut, fraction
+        assert np.fromfile(tmp_path / fraction / "val.bin", dtype=np.uint16).astype(np.uint8).tobytes() == data[cut:]
+
+    gpt2 = tiktoken.get_encoding("gpt2")
+    lines = text.split("\n")[:40]  # blank lines among them: a count of 0
+    _stdin(monkeypatch, "\n".join(lines) + "\n")
+    counted = run_here(capsys, "tokenize", "--count", "--lines", "-t", "gpt2", "-")
+    assert counted.stdout.splitlines() == [str(len(gpt2.encode_ordinary(line))) for line in lines]
+    for mode in ("--ids", "--json", "--count"):  # TEXT `-` reads the pipe: the same output as the text given
+        _stdin(monkeypatch, EXAMPLE)
+        piped = run_here(capsys, "tokenize", mode, "-t", "byte", "-")
+        assert piped.returncode == 0 and piped.stdout == run_here(capsys, "tokenize", mode, "-t", "byte", EXAMPLE).stdout
+    assert piped.stdout == f"{len(EXAMPLE.encode())}\n"
+
+    (tmp_path / "en.txt").write_text(ENGLISH.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    assert run_here(capsys, "tokenize", "--count", "--file", "en.txt", "-t", "bpe", "--vocab-size", "300",
+                    "--save-tokenizer", "en.json").returncode == 0
+    proc = run_here(capsys, "tokenize", "--compare", "bpe,en.json", "t.txt", "--vocab-size", "300")
+    header, *rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    table = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    saved = load_tokenizer(tmp_path / "en.json")  # used as saved (learnt from English), not learnt again here
+    assert int(table["en.json (bpe)"]["tokens"]) == len(saved.encode(text)) != int(table["bpe"]["tokens"])
+    assert table["en.json (bpe)"]["vocab"] == "300"

@@ -1,16 +1,22 @@
 """`gptkit train` on what people have, end to end: memory that does not grow with the text, run names
-that stay inside the store, one writer per run (two real processes), and two processes that act as
-two nodes with stores of their own, each building its dataset from a folder."""
+that stay inside the store, one writer per run (two real processes), --overwrite, a URL (downloaded
+once, then used offline; a cut download never cached), a dataset folder of another tokenizer than
+--init-from's, and two processes that act as two nodes with stores of their own, each building its
+dataset from a folder."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from gptkit import checkpoint
@@ -21,6 +27,7 @@ from tests.conftest import ENGLISH, KOREAN, ROOT, SHAKESPEARE, assert_one_line_e
 
 TINY = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
         "--eval-iters", "1", "--device", "cpu", "-q"]
+ONE_BATCH = ["--grad-accum", "1", "--dtype", "float32"]  # a step of one micro-batch, no bf16 timing
 
 
 def _env() -> dict[str, str]:
@@ -157,3 +164,101 @@ def test_two_nodes_with_stores_of_their_own_each_build_from_a_folder_and_train(t
     assert sorted(p.name for p in node1.iterdir()) == ["data"]
     start = json.loads((node0 / "metrics.jsonl").read_text().splitlines()[0])
     assert start["world_size"] == 2
+
+
+def test_overwrite_replaces_the_run_with_another_shape_and_keeps_its_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    run = tmp_path / "store" / "r"
+    first = run_here(capsys, "train", "r.txt", "--store", "store", "--run", "r", "--max-iters", "2", *TINY, *ONE_BATCH)
+    assert first.returncode == 0, first.stderr
+    built = (run / "data" / "train.bin").stat().st_mtime_ns
+    wider = list(TINY)
+    wider[wider.index("--n-embd") + 1] = "32"
+    again = run_here(capsys, "train", "r.txt", "--store", "store", "--run", "r", "--overwrite", "--max-iters", "1",
+                     *wider, *ONE_BATCH)
+    assert again.returncode == 0, again.stderr
+    for name in (checkpoint.LAST, checkpoint.BEST):  # a new run of the new shape, from step 0
+        info = checkpoint.read_info(run / name)
+        assert info.model_config.n_embd == 32 and info.state["step"] == 1, name
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1  # the old run's log went with its checkpoints
+    assert (run / "data" / "train.bin").stat().st_mtime_ns == built  # the same text: its dataset reused
+
+
+class _Serve(http.server.BaseHTTPRequestHandler):
+    """GET /<anything>: `body`; under /cut/ its Content-Length promises it all and the connection
+    closes halfway, as a dropped download does."""
+
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[:len(self.body) // 2] if self.path.startswith("/cut/") else self.body)
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:  # not on the test's stderr
+        pass
+
+
+@contextmanager
+def serving(body: bytes):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Serve,), {"body": body}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_training_from_a_url_downloads_it_once_and_trains_on_it_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = SHAKESPEARE.read_bytes()[:20_000]
+    train = ("train", "--store", "store", "--max-iters", "1", *TINY, *ONE_BATCH)
+    with serving(text) as url:
+        first = run_here(capsys, train[0], f"{url}/plays/input.txt", *train[1:])
+        cut = run_here(capsys, train[0], f"{url}/cut/input.txt", *train[1:])
+    assert first.returncode == 0, first.stderr
+    assert_one_line_error(cut, "cannot download", "closed after 10,000 of 20,000 bytes")
+    [cached] = (tmp_path / "store" / ".cache" / "downloads").iterdir()  # nothing of the cut one, no temporary
+    assert cached.read_bytes() == text
+    offline = run_here(capsys, train[0], f"{url}/plays/input.txt", *train[1:])  # the server is gone
+    assert offline.returncode == 0, offline.stderr
+    runs = tmp_path / "store" / "input", tmp_path / "store" / "input-2"
+    assert [checkpoint.read_info(r / checkpoint.LAST).state["step"] for r in runs] == [1, 1]
+    chars = sorted(set(text.decode()))  # the char tokenizer of the text served: its characters in order
+    for r in runs:
+        ids = np.concatenate([np.fromfile(r / "data" / f"{side}.bin", dtype=np.uint16) for side in ("train", "val")])
+        assert "".join(chars[i] for i in ids).encode() == text
+
+
+def test_a_dataset_of_another_tokenizer_is_refused_and_tokenize_checkpoint_builds_the_right_one(tmp_path, capsys,
+                                                                                                monkeypatch):
+    """`train DIR --init-from RUN` needs DIR in RUN's tokenizer; the one-line refusal names the command
+    that builds it, and that command's dataset trains."""
+    monkeypatch.chdir(tmp_path)
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    (tmp_path / "parent.txt").write_text(text[:20_000], encoding="utf-8")
+    (tmp_path / "t.txt").write_text(text[:10_000], encoding="utf-8")  # in the parent's characters
+    parent = "store/parent"
+    assert run_here(capsys, "train", "parent.txt", "--store", "store", "--max-iters", "1", *TINY,
+                    *ONE_BATCH).returncode == 0
+    train = ("--store", "store", "--init-from", parent, "--max-iters", "1", "--batch-size", "2", "--eval-iters", "1",
+             "--device", "cpu", "-q", *ONE_BATCH)
+    assert run_here(capsys, "tokenize", "t.txt", "--out", "bytes", "-t", "byte", "-q").returncode == 0
+    proc = run_here(capsys, "train", "bytes", *train)
+    assert_one_line_error(proc, "'bytes' was built with another tokenizer than the checkpoint's",
+                          "gptkit tokenize --checkpoint")
+    assert proc.returncode == 2 and not (tmp_path / "store" / "bytes").exists()
+    assert run_here(capsys, "tokenize", "t.txt", "--out", "same", "--checkpoint", parent, "-q").returncode == 0
+    proc = run_here(capsys, "train", "same", "--run", "ft", *train)
+    assert proc.returncode == 0, proc.stderr
+    tokenizer = checkpoint.read_info(tmp_path / parent / checkpoint.LAST).meta["tokenizer"]
+    assert json.loads((tmp_path / "same" / "meta.json").read_text())["tokenizer"] == tokenizer
+    info = checkpoint.read_info(tmp_path / "store" / "ft" / checkpoint.LAST)
+    assert info.meta["tokenizer"] == tokenizer and info.state["step"] == 1

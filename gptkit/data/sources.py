@@ -19,6 +19,7 @@ import ast
 import fnmatch
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -373,11 +374,13 @@ def download(url: str, cache_dir: Path, progress: Callable[[int, int | None], No
                         done += len(chunk)
                         if progress:
                             progress(done, total_n)
+                if total_n is not None and done != total_n:  # http.client returns a cut body as if it were whole
+                    raise ConnectionError(f"the connection closed after {done:,} of {total_n:,} bytes")
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise InputError(f"cannot download {url} ({reason}); check the network or download it and pass the file") from None
     return target
