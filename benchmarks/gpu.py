@@ -3,7 +3,7 @@
 Every line is {"check", "pass", "rule", "seconds", ...figures}; "pass" is true, false, or null where
 the rule does not apply (a CPU dry run) or the check was skipped for time. The last line sums up;
 the exit status is 1 when any check failed. It drives gptkit as the CLI does (`train.train`, the
-`Engine`, `runtime`) and changes nothing in it.
+`Engine`, `runtime`, `hardware`, `memory`) and changes nothing in it.
 
     python benchmarks/gpu.py                      # every check in order, skipping what would overrun --budget
     python benchmarks/gpu.py --only user,decode   # some of them (the second call of a first GPU session)
@@ -47,7 +47,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / "tests" / "data" / "tikto
 
 import torch  # noqa: E402
 
-from gptkit import checkpoint, runtime  # noqa: E402
+from gptkit import checkpoint, hardware, memory, runtime  # noqa: E402
 from gptkit.config import ModelConfig, resolve_config  # noqa: E402
 from gptkit.model import GPT  # noqa: E402
 from gptkit.train import batch_plan, flops_per_token, train  # noqa: E402
@@ -145,7 +145,7 @@ def check_decisions(h: Harness) -> dict[str, Any]:
     out["mfu_scale"] = flops_per_token(meta, mc) / counted_flops(mc)  # 0.73 before issue 23
     plans = {}
     for world in (1, 8, 16):
-        micro, accum = batch_plan(tc, mc, world, lambda n: runtime.fit_micro_batch(mc, n, h.device, torch.bfloat16))
+        micro, accum = batch_plan(tc, mc, world, lambda n: memory.fit_micro_batch(mc, n, h.device, torch.bfloat16))
         plans[world] = micro * accum * mc.block_size * world
         out[f"gpt2_micro_x_accum_on_{world}"] = f"{micro}x{accum}"
     out["gpt2_tokens_per_step_on_1_8_16"] = list(plans.values())
@@ -154,8 +154,8 @@ def check_decisions(h: Harness) -> dict[str, Any]:
     if h.dry:
         return {"rule": "MFU's FLOPs == the flop counter's; 491,520 tokens a step on 1/8/16 GPUs",
                 "pass": ok and dtype == torch.float32, **out}
-    native = runtime.native_bf16(h.device)
-    peak = runtime.gpu_peak(torch.cuda.get_device_name(0))
+    native = hardware.native_bf16(h.device)
+    peak = hardware.gpu_peak(torch.cuda.get_device_name(0))
     out.update(native_bf16=native, peak_tflops=None if peak is None else peak / 1e12)
     ok = ok and (dtype == torch.bfloat16) == native and peak is not None and out["compile"]
     return {"rule": "bf16 iff capability >= 8.0; a known peak; compile on; MFU's FLOPs == the flop counter's; "
@@ -175,7 +175,7 @@ def check_matmul(h: Harness) -> dict[str, Any]:
         a @ b
     h.sync()
     tflops = 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
-    peak = runtime.peak_flops(h.device, dtype)
+    peak = hardware.peak_flops(h.device, dtype)
     frac = tflops * 1e12 / peak if peak else None
     return {"rule": "dense bf16 matmul at 50-105% of the table's peak (above it: the table is wrong)",
             "pass": h.rule(frac is not None and 0.5 <= frac <= 1.05, math.isfinite(tflops)),
@@ -222,7 +222,7 @@ def check_train(h: Harness) -> dict[str, Any]:
         info = checkpoint.read_info(h.work / f"gpt2-{mode}" / checkpoint.LAST)
         mc.vocab_size = info.model_config.vocab_size
         start = next(e for e in events if e["event"] == "start")
-        peak = runtime.peak_flops(h.device, getattr(torch, start["dtype"]))  # the run's own (a CPU's: measured)
+        peak = hardware.peak_flops(h.device, getattr(torch, start["dtype"]))  # the run's own (a CPU's: measured)
         fig = train_figures(events, counted_flops(mc), peak)
         fig.update(dynamo_counters(), run_s=round(seconds, 1))
         if h.device.type == "cuda":
@@ -271,7 +271,7 @@ def check_sdpa(h: Harness) -> dict[str, Any]:
     torch.manual_seed(0)
     model = GPT(cfg).to(h.device)
     idx = torch.randint(0, cfg.vocab_size, (4, cfg.block_size), device=h.device)
-    out: dict[str, Any] = {"probe": runtime.sdpa_fallback(h.device, dtype, (4, cfg.n_head, cfg.block_size,
+    out: dict[str, Any] = {"probe": hardware.sdpa_fallback(h.device, dtype, (4, cfg.n_head, cfg.block_size,
                                                                              cfg.head_dim))}
     backends = {}
     if h.device.type == "cuda":

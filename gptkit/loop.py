@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptkit import __version__, checkpoint, runtime
+from gptkit import __version__, checkpoint, hardware, runtime
 from gptkit.config import ModelConfig, TrainConfig, to_dict
 from gptkit.data.dataset import TokenDataset, get_batch
 from gptkit.errors import CheckpointError, TrainingError
@@ -177,11 +177,11 @@ class Loop:
             if why_not:
                 self.warn(why_not)
         self._wrap_ddp()
-        why = runtime.sdpa_fallback(self.device, self.dtype, (self.micro, self.mc.n_head, self.mc.block_size,
+        why = hardware.sdpa_fallback(self.device, self.dtype, (self.micro, self.mc.n_head, self.mc.block_size,
                                                               self.mc.head_dim))
         if why:
             self.warn(why)
-        peak, unknown = runtime.mfu_peak(self.device, self.dtype) if self.dist.is_main else (None, None)
+        peak, unknown = hardware.mfu_peak(self.device, self.dtype) if self.dist.is_main else (None, None)
         if unknown:
             self.warn(unknown)
         self.peak = peak * self.dist.world_size if peak else None

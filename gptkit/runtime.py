@@ -1,8 +1,10 @@
 """Where and how the model runs: device, precision, seeding, torch.compile, torch.distributed.
 
-Owns every decision that depends on the hardware, each behind one named function, so the
-training and sampling code read the same on CPU, CUDA and MPS. Nothing here runs at import time:
-no CUDA queries and no `torch.set_*` until a function is called.
+Owns the decisions that depend on the machine, each behind one named function, so the training and
+sampling code read the same on CPU, CUDA and MPS. What the hardware can do (native bf16, TF32, the
+fused attention probe, peak FLOP/s) is `hardware.py`; the memory a job needs and the micro-batch
+that fits are `memory.py`. Nothing here runs at import time: no CUDA queries and no `torch.set_*`
+until a function is called.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptkit.config import approx_params
 from gptkit.errors import UsageError
+from gptkit.hardware import native_bf16
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,12 +43,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps was asked for but MPS is not available; use --device cpu")
     return dev
-
-
-def native_bf16(device: torch.device) -> bool:
-    """bf16 tensor cores: compute capability 8.0 (Ampere) or newer. `torch.cuda.is_bf16_supported()`
-    also counts the emulation a V100 or T4 runs at fp32 speed, without flash attention."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -114,13 +110,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def enable_fast_math(device: torch.device) -> None:
-    """TF32 matmuls on Ampere+ GPUs (a free ~2x on fp32 matmuls there)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 def want_compile(setting: bool | None, device: torch.device) -> bool:
@@ -270,32 +259,6 @@ def teardown_distributed(finished: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def sdpa_fallback(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int]) -> str | None:
-    """One causal attention forward and backward at the training shape (B, n_head, T, head_dim) and
-    dtype with the fused kernels alone (flash, cuDNN, memory-efficient; no math). Returns why none can
-    run, or None. Run once at start: a fallback to the T×T math kernel would otherwise be silent."""
-    if device.type not in ("cuda", "cpu"):
-        return None
-    import warnings
-
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-    g = torch.Generator(device=device).manual_seed(0)  # the training's own generators are left alone
-    q = torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with sdpa_kernel(fused):
-                F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
-            return None
-        except RuntimeError as e:
-            why = next((str(w.message).splitlines()[0] for w in caught), str(e).splitlines()[0])
-    return (f"no fused attention kernel runs {str(dtype).removeprefix('torch.')} heads of {shape[3]} on "
-            f"{device.type} ({why}); attention falls back to the slow T×T math kernel")
-
-
 def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host batch on the device. On CUDA through pinned memory, without waiting: the copy queues
     behind the work already launched instead of draining the GPU (a pageable copy synchronizes)."""
@@ -314,55 +277,6 @@ def out_of_memory(e: BaseException) -> bool:
 def grad_scaler(device: torch.device, dtype: torch.dtype):
     """fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not."""
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-
-# Dense (no sparsity) bf16/fp16 tensor-core FLOP/s by a fragment of the GPU's name, for MFU; the
-# first fragment the name contains wins, so each variant comes before the family name it contains.
-# NVIDIA's data sheets (as torchtitan's table); A10G per AWS/Baseten; GeForce at fp32 accumulate.
-GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800 PCIe", 756e12),
-    ("H800", 989e12), ("H20", 148e12), ("GB200", 2500e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
-    ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("A40", 150e12),
-    ("A30", 165e12), ("RTX 6000 Ada", 364e12), ("A6000", 155e12), ("4090", 165e12), ("3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-)
-
-
-def gpu_peak(name: str) -> float | None:
-    """The table's dense bf16 peak for a GPU named `name` (torch.cuda.get_device_name), or None."""
-    return next((value for key, value in GPU_PEAK_FLOPS if key in name), None)
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's peak for MFU: the table for GPUs (None for one it lacks), a short measured matmul
-    on CPU (its real ceiling); GPTKIT_PEAK_FLOPS overrides both."""
-    override = os.environ.get("GPTKIT_PEAK_FLOPS")
-    if override:
-        return float(override)
-    if device.type == "cuda":
-        peak = gpu_peak(torch.cuda.get_device_name(device))
-        return None if peak is None else peak if dtype != torch.float32 else peak / 2  # TF32 runs at about half
-    if device.type == "cpu":
-        n = 1024
-        a = torch.ones(n, n, dtype=dtype if dtype != torch.float16 else torch.float32)  # no generator drawn
-        b = torch.ones(n, n, dtype=a.dtype)
-        a @ b  # warm up
-        t = time.perf_counter()
-        reps = 0
-        while time.perf_counter() - t < 0.2:
-            a @ b
-            reps += 1
-        return 2 * n**3 * reps / (time.perf_counter() - t)
-    return None
-
-
-def mfu_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str | None]:
-    """`peak_flops`, and for a GPU the table lacks the one line a run says about it (else None)."""
-    peak = peak_flops(device, dtype)
-    if peak is not None or device.type != "cuda":
-        return peak, None
-    return None, (f"MFU is not shown: no peak FLOP/s is known for {torch.cuda.get_device_name(device)!r}; set "
-                  "GPTKIT_PEAK_FLOPS to its dense bf16 FLOP/s")
 
 
 def all_reduce_mean(value: float, dist_info: DistInfo, device: torch.device) -> float:
@@ -408,96 +322,3 @@ def gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
     dist.all_gather_object(out, obj)
     return out
 
-
-# Memory limits: refuse a job that cannot fit with one clear line, instead of being OOM-killed halfway.
-# The estimates are deliberately rough (within a factor of ~2); they exist to catch absurd settings.
-def available_memory(device: torch.device, meminfo: str = "/proc/meminfo",
-                     cgroup: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes the job can still get: free memory on a CUDA device; otherwise the OS's MemAvailable
-    (from `meminfo`), lowered to a container's cgroup limit (under `cgroup`) when one is set. None
-    when it cannot be told."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    avail = None
-    try:
-        with open(meminfo, encoding="ascii") as f:
-            avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            pass
-    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2, then v1
-                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            room = _read_int(f"{cgroup}/{limit}") - _read_int(f"{cgroup}/{usage}")
-        except (OSError, ValueError):  # no such file, or "max": no limit
-            continue
-        avail = room if avail is None else min(avail, room)
-        break
-    return avail
-
-
-def _read_int(path: str) -> int:
-    with open(path, encoding="ascii") as f:
-        return int(f.read())
-
-
-def check_memory(need: int, what: str, fix: str, device: torch.device) -> None:
-    """UsageError when `need` bytes exceed what is available (GPTKIT_MEMORY_CHECK=0 skips the check)."""
-    if os.environ.get("GPTKIT_MEMORY_CHECK") == "0":
-        return
-    avail = available_memory(device)
-    if avail is not None and need > avail:
-        raise UsageError(f"{what} needs about {_gib(need)} of memory but only {_gib(avail)} is available "
-                         f"on {device.type}; {fix}")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**28 else f"{n / 2**20:,.0f} MiB"
-
-
-def training_memory(cfg, batch_size: int, dtype: torch.dtype) -> int:
-    """Bytes to train: weights, gradients and AdamW moments (16 bytes a parameter, fp32) plus one
-    micro-batch's activations: ~16 values per layer and token kept for backward (in the autocast
-    dtype), and the fp32 (B, T, V) logits, their softmax and its gradient."""
-    act = cfg.n_layer * 16 * cfg.n_embd * torch.empty((), dtype=dtype).element_size()
-    return 16 * approx_params(cfg) + batch_size * cfg.block_size * (act + 3 * cfg.vocab_size * 4)
-
-
-def check_training_memory(cfg, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-    need = training_memory(cfg, batch_size, dtype)
-    what = f"training {approx_params(cfg) / 1e6:,.1f}M parameters with --batch-size {batch_size} x --block-size {cfg.block_size}"
-    check_memory(need, what, "lower --batch-size (the tokens per step stay: more micro-batches), --block-size or the "
-                 "model size", device)
-
-
-# Rows (sequences x block) per micro-batch past which a device gains nothing but memory use: a
-# CPU's matmuls run at full speed from a few thousand rows and larger activations only spill its
-# caches; a GPU's kernels saturate by some tens of thousands. Memory may lower it (fit_micro_batch).
-MICRO_BATCH_ROWS = {"cpu": 4096, "mps": 8192, "cuda": 32768}
-MEMORY_SHARE = 0.5  # of the available memory, for a micro-batch: the estimate is rough (within ~2x)
-
-
-def fit_micro_batch(cfg, sequences: int, device: torch.device, dtype: torch.dtype) -> int:
-    """Sequences per micro-batch for a step of `sequences` on this process: as many as the device
-    takes well (MICRO_BATCH_ROWS) and its memory holds (MEMORY_SHARE of what is available), at
-    least one; the caller splits the step into equal micro-batches of at most this many."""
-    best = max(1, min(sequences, MICRO_BATCH_ROWS.get(device.type, 4096) // cfg.block_size))
-    avail = available_memory(device)
-    if avail is not None and os.environ.get("GPTKIT_MEMORY_CHECK") != "0":
-        fixed = training_memory(cfg, 0, dtype)
-        per_sequence = training_memory(cfg, 1, dtype) - fixed
-        best = max(1, min(best, int((MEMORY_SHARE * avail - fixed) // per_sequence)))
-    return best
-
-
-def check_sampling_memory(cfg, num_samples: int, prompt_tokens: int, max_new_tokens: int,
-                          device: torch.device, dtype: torch.dtype) -> None:
-    """Per sample row: the KV cache (2, n_layer, block_size, n_embd), the (B, prompt + new) id history,
-    the kept ids and log-probabilities (~64 bytes a token as Python lists) and a few (B, V) rows."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per_row = (2 * cfg.n_layer * cfg.block_size * cfg.n_embd * itemsize + 8 * (prompt_tokens + max_new_tokens)
-               + 64 * max_new_tokens + 17 * cfg.vocab_size)
-    check_memory(num_samples * per_row, f"--num-samples {num_samples} x --max-new-tokens {max_new_tokens}",
-                 "lower --num-samples or --max-new-tokens", device)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gptkit import checkpoint, runtime
+from gptkit import checkpoint, hardware, memory, runtime
 from gptkit.config import ModelConfig, TrainConfig, field_names, validate
 from gptkit.data.build import BUILD_WAIT_S, prepare_dataset
 from gptkit.data.dataset import TokenDataset, check_lengths, load_dataset
@@ -150,7 +150,7 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
     budget and the steps; tests pass a fake one."""
     dist_info, device = runtime.setup_distributed(tc.device)
     dtype = runtime.pick_dtype(tc.dtype, device)  # on a CPU, `auto` is measured once the model exists
-    runtime.enable_fast_math(device)
+    hardware.enable_fast_math(device)
     micro = tc.batch_size or DEFAULT_BATCH
     held = ExitStack()  # the run folder's lock, from before the data is built until the loop ends
     finished = False
@@ -171,15 +171,15 @@ def train(mc: ModelConfig, tc: TrainConfig, data: DataSpec | str | None, run_dir
 
             def plan(mc: ModelConfig) -> tuple[int, int]:  # every rank takes the smallest fit: one batch order
                 return batch_plan(tc, mc, dist_info.world_size, lambda n: runtime.agree_min(
-                    runtime.fit_micro_batch(mc, n, device, dtype), dist_info, device))
+                    memory.fit_micro_batch(mc, n, device, dtype), dist_info, device))
 
-            runtime.check_training_memory(mc, plan(mc)[0], device, dtype)  # before tokenizing: vocab not counted yet
+            memory.check_training_memory(mc, plan(mc)[0], device, dtype)  # before tokenizing: vocab not counted yet
             ds = load_data(data, tc, run_dir, store, tokenizer, dist_info, on_event if dist_info.is_main else None)
             if mc.vocab_size == 0:
                 mc = dataclasses.replace(mc, vocab_size=ds.tokenizer.vocab_size)
             check_lengths(ds, mc.block_size)
             micro, accum = plan(mc)
-            runtime.check_training_memory(mc, micro, device, dtype)
+            memory.check_training_memory(mc, micro, device, dtype)
             loop = Loop(mc, tc, ds, run_dir, device, dtype, dist_info, on_event, (micro, accum),
                         clock or time.monotonic)
             loop.setup(prior, resume)

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from gptkit import checkpoint, runtime
+from gptkit import checkpoint, hardware, memory, runtime
 from gptkit.config import ModelConfig, resolve_config
 from gptkit.train import flops_per_token, train
 from tests.conftest import ROOT, SHAKESPEARE, recorded_eval, run_here
@@ -101,10 +101,10 @@ def test_fused_attention_matches_the_textbook_and_an_odd_head_size_still_runs(cu
 
     from gptkit.model import GPT, manual_attention
 
-    runtime.enable_fast_math(cuda)  # as training does
+    hardware.enable_fast_math(cuda)  # as training does
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    assert runtime.sdpa_fallback(cuda, torch.bfloat16, (8, 4, 256, 64)) is None
-    why = runtime.sdpa_fallback(cuda, torch.bfloat16, (8, 3, 256, 20))
+    assert hardware.sdpa_fallback(cuda, torch.bfloat16, (8, 4, 256, 64)) is None
+    why = hardware.sdpa_fallback(cuda, torch.bfloat16, (8, 3, 256, 20))
     assert why is None or "heads of 20" in why
     fused = F.scaled_dot_product_attention
 
@@ -199,7 +199,7 @@ def test_a_gpu_checkpoint_loads_on_the_cpu_and_back(cuda, tmp_path, capsys, tf32
     with torch.no_grad():
         assert (cpu_model(idx)[0] - gpu_model(idx.to(cuda))[0].cpu()).abs().max() < 1e-4
     proc = run_here(capsys, "sample", "-c", str(run), "-p", "ROMEO:", "-n", "20", "--device", "cuda", "-v")
-    precision = "bfloat16" if runtime.native_bf16(cuda) else "float16"
+    precision = "bfloat16" if hardware.native_bf16(cuda) else "float16"
     assert proc.returncode == 0 and re.search(rf"cuda(:0)? {precision} \|", proc.stderr), proc.stderr
     shown = {}
     for device in ("cuda", "cpu"):
@@ -237,16 +237,16 @@ def test_free_memory_the_micro_batch_it_fits_and_the_mfu_against_this_gpus_peak(
     from gptkit.model import GPT
 
     free, total = torch.cuda.mem_get_info(cuda)
-    avail = runtime.available_memory(cuda)
+    avail = memory.available_memory(cuda)
     assert 0 < avail <= total and abs(avail - free) < 2**30  # another process may allocate in between
     mc, _ = resolve_config("gpt2", None, {}, device_type="cuda")
     mc.vocab_size = 50257
-    micro = runtime.fit_micro_batch(mc, 480, cuda, torch.bfloat16)
-    assert 1 <= micro and runtime.training_memory(mc, micro, torch.bfloat16) <= runtime.MEMORY_SHARE * avail
+    micro = memory.fit_micro_batch(mc, 480, cuda, torch.bfloat16)
+    assert 1 <= micro and memory.training_memory(mc, micro, torch.bfloat16) <= memory.MEMORY_SHARE * avail
     monkeypatch.delenv("GPTKIT_PEAK_FLOPS", raising=False)
     name = torch.cuda.get_device_name(cuda)
-    peak = runtime.peak_flops(cuda, torch.bfloat16)
-    assert peak == runtime.gpu_peak(name)
+    peak = hardware.peak_flops(cuda, torch.bfloat16)
+    assert peak == hardware.gpu_peak(name)
     if any(family in name for family in ("H100", "H200", "A100", "L40", "L4", "A10", "V100", "T4", "B200")):
         assert peak is not None, name
     if peak is None:

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from gptkit import runtime
+from gptkit import hardware, memory, runtime
 from gptkit.config import ModelConfig, resolve_config
 from gptkit.model import GPT
 from gptkit.train import batch_plan, flops_per_token
@@ -44,14 +44,14 @@ def test_peak_flops_by_gpu_variant_and_unknown_gpus_said_once(monkeypatch):
     monkeypatch.delenv("GPTKIT_PEAK_FLOPS", raising=False)
     for name, peak in PEAKS.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
-        assert runtime.peak_flops(CUDA, torch.bfloat16) == peak, name
-        assert runtime.mfu_peak(CUDA, torch.bfloat16) == (peak, None), name
-        assert runtime.peak_flops(CUDA, torch.float32) == peak / 2  # TF32
+        assert hardware.peak_flops(CUDA, torch.bfloat16) == peak, name
+        assert hardware.mfu_peak(CUDA, torch.bfloat16) == (peak, None), name
+        assert hardware.peak_flops(CUDA, torch.float32) == peak / 2  # TF32
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Quantum X1")
-    peak, note = runtime.mfu_peak(CUDA, torch.bfloat16)
+    peak, note = hardware.mfu_peak(CUDA, torch.bfloat16)
     assert peak is None and "NVIDIA Quantum X1" in note and "GPTKIT_PEAK_FLOPS" in note
     monkeypatch.setenv("GPTKIT_PEAK_FLOPS", "1e15")
-    assert runtime.mfu_peak(CUDA, torch.bfloat16) == (1e15, None)
+    assert hardware.mfu_peak(CUDA, torch.bfloat16) == (1e15, None)
 
 
 def test_the_cpu_peak_is_measured_unless_given(monkeypatch):
@@ -60,7 +60,7 @@ def test_the_cpu_peak_is_measured_unless_given(monkeypatch):
     import time
 
     monkeypatch.delenv("GPTKIT_PEAK_FLOPS", raising=False)
-    peak = runtime.peak_flops(torch.device("cpu"), torch.float32)
+    peak = hardware.peak_flops(torch.device("cpu"), torch.float32)
     a = torch.ones(1024, 1024)
     a @ a
     t = time.perf_counter()
@@ -68,7 +68,7 @@ def test_the_cpu_peak_is_measured_unless_given(monkeypatch):
     mine = 2 * 1024**3 / (time.perf_counter() - t)
     assert math.isfinite(peak) and mine / 20 < peak < mine * 20, (peak, mine)
     monkeypatch.setenv("GPTKIT_PEAK_FLOPS", "3e11")
-    assert runtime.peak_flops(torch.device("cpu"), torch.float32) == 3e11
+    assert hardware.peak_flops(torch.device("cpu"), torch.float32) == 3e11
 
 
 @pytest.mark.parametrize("size", [
@@ -95,7 +95,7 @@ def test_mfu_flops_are_what_torchs_flop_counter_counts(size):
 
 def _gpu_plan(tc, mc, world, free_bytes, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, free_bytes))
-    return batch_plan(tc, mc, world, lambda n: runtime.fit_micro_batch(mc, n, CUDA, torch.bfloat16))
+    return batch_plan(tc, mc, world, lambda n: memory.fit_micro_batch(mc, n, CUDA, torch.bfloat16))
 
 
 @pytest.mark.parametrize("world", [1, 8, 16])
@@ -106,7 +106,7 @@ def test_the_gpt2_preset_takes_its_tokens_per_step_on_any_number_of_gpus(monkeyp
     for free in (80 * 2**30, 24 * 2**30):  # an H100, a 24 GB card: other micro-batches, the same step
         micro, accum = _gpu_plan(tc, mc, world, free, monkeypatch)
         assert micro * accum * mc.block_size * world == 491_520, (world, free, micro, accum)
-        assert runtime.training_memory(mc, micro, torch.bfloat16) <= runtime.MEMORY_SHARE * free
+        assert memory.training_memory(mc, micro, torch.bfloat16) <= memory.MEMORY_SHARE * free
     assert _gpu_plan(tc, mc, 1, 80 * 2**30, monkeypatch) == (32, 15)  # 32 x 1024 rows per micro-batch
     assert _gpu_plan(tc, mc, 1, 24 * 2**30, monkeypatch)[0] < 32  # memory lowers it
 
@@ -116,7 +116,7 @@ def test_the_baby_preset_on_a_cpu_keeps_its_tokens_in_smaller_micro_batches():
     keep the activations a quarter the size (the preset's 4.1 GB peak RSS)."""
     mc, tc = resolve_config("baby", None, {})
     mc.vocab_size = 65
-    fit = runtime.fit_micro_batch
+    fit = memory.fit_micro_batch
     assert batch_plan(tc, mc, 1, lambda n: fit(mc, n, torch.device("cpu"), torch.float32)) == (16, 4)
     explicit = resolve_config("baby", None, {"batch_size": 8})[1]  # --batch-size: still 64 x 256 a step
     assert batch_plan(explicit, mc, 1, lambda n: n) == (8, 8)
@@ -162,8 +162,8 @@ def test_one_sdpa_probe_with_the_fused_kernels_only(monkeypatch):
     import torch.nn.functional as F
 
     cpu = torch.device("cpu")
-    assert runtime.sdpa_fallback(cpu, torch.float32, (2, 4, 64, 32)) is None
-    assert runtime.sdpa_fallback(cpu, torch.bfloat16, (2, 4, 64, 32)) is None
+    assert hardware.sdpa_fallback(cpu, torch.float32, (2, 4, 64, 32)) is None
+    assert hardware.sdpa_fallback(cpu, torch.bfloat16, (2, 4, 64, 32)) is None
     math_enabled = []
     real = F.scaled_dot_product_attention
 
@@ -172,7 +172,7 @@ def test_one_sdpa_probe_with_the_fused_kernels_only(monkeypatch):
         raise RuntimeError("No available kernel. Aborting execution.")
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", only_math)
-    why = runtime.sdpa_fallback(cpu, torch.float16, (2, 4, 64, 96))
+    why = hardware.sdpa_fallback(cpu, torch.float16, (2, 4, 64, 96))
     assert math_enabled == [False]
     assert "float16" in why and "96" in why and "math" in why
     monkeypatch.setattr(F, "scaled_dot_product_attention", real)
@@ -254,9 +254,9 @@ def test_tf32_matmuls_are_turned_on_for_cuda_only():
     try:
         for f in flags:
             f.allow_tf32 = False
-        runtime.enable_fast_math(torch.device("cpu"))
+        hardware.enable_fast_math(torch.device("cpu"))
         assert not any(f.allow_tf32 for f in flags)
-        runtime.enable_fast_math(CUDA)
+        hardware.enable_fast_math(CUDA)
         assert all(f.allow_tf32 for f in flags)
     finally:
         for f, value in zip(flags, before, strict=True):

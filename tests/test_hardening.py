@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit import runtime
+from gptkit import memory
 from gptkit.errors import InputError
 from tests.conftest import SHAKESPEARE, assert_one_line_error, run_here
 
@@ -238,7 +238,7 @@ def test_negative_zero_nan_for_every_numeric_flag(work, capsys, monkeypatch, com
 
 def test_absurd_sizes_are_refused_against_available_memory(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
-    avail = runtime.available_memory(torch.device("cpu"))
+    avail = memory.available_memory(torch.device("cpu"))
     assert avail is not None and avail > 1 << 27  # /proc/meminfo (or the cgroup limit) was read
     for args, needles in [
         (["train", "tiny.txt", "--checkpoints", "store", "--batch-size", "1000000000"], ["--batch-size"]),
@@ -266,7 +266,7 @@ def test_available_memory_is_meminfos_lowered_to_a_containers_room(tmp_path, mon
     cg.mkdir()
 
     def avail() -> int | None:
-        return runtime.available_memory(cpu, str(meminfo), str(cg))
+        return memory.available_memory(cpu, str(meminfo), str(cg))
 
     assert avail() == 8192000 * 1024  # no cgroup files: not in a container
     (cg / "memory.max").write_text("max\n")
@@ -283,7 +283,7 @@ def test_available_memory_is_meminfos_lowered_to_a_containers_room(tmp_path, mon
     (cg / "memory" / "memory.usage_in_bytes").write_text(f"{2**29}\n")
     assert avail() == 3 * 2**29  # v1: 2 GiB limit, 0.5 GiB used
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * 2**30, 80 * 2**30))
-    assert runtime.available_memory(torch.device("cuda", 0)) == 5 * 2**30
+    assert memory.available_memory(torch.device("cuda", 0)) == 5 * 2**30
 
 
 def test_numbers_too_large_for_the_libraries_below(work, capsys, monkeypatch):
@@ -298,11 +298,11 @@ def test_numbers_too_large_for_the_libraries_below(work, capsys, monkeypatch):
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
 def test_the_memory_estimate_counts_parameters_like_the_model(mlp):
-    from gptkit.config import ModelConfig
+    from gptkit.config import ModelConfig, approx_params
     from gptkit.model import GPT
 
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=300, mlp=mlp)
-    assert runtime.approx_params(cfg) == pytest.approx(GPT(cfg).num_params(), rel=0.05)
+    assert approx_params(cfg) == pytest.approx(GPT(cfg).num_params(), rel=0.05)
 
 
 def test_flags_that_conflict_with_the_checkpoint(work, capsys, monkeypatch):

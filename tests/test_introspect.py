@@ -13,6 +13,7 @@ from gptkit.config import ModelConfig
 from gptkit.introspect.neighbors import neighbours, training_text
 from gptkit.introspect.trace import analyze, attribution, summarize, trace
 from gptkit.model import GPT, manual_attention
+from tests.conftest import SHAKESPEARE
 
 PROMPT = "KING RICHARD III:\nWhat says the"
 
@@ -120,9 +121,11 @@ def test_neighbours_find_the_copied_position_first(loaded):
     model, tokenizer, info = loaded
     source = training_text(info)
     assert source.scope == "training split" and source.warnings == []
+    text, whole = source.read(2_000_000)
+    assert whole
     end = 2203  # a prompt copied from the training text, ending at character (= token) `end`
-    prompt = source.text[end - 15:end + 1]
-    assert source.text.count(prompt) == 1
+    prompt = text[end - 15:end + 1]
+    assert text.count(prompt) == 1
     tr, _ = analyze(model, tokenizer, prompt)
     nb = neighbours(model, tokenizer, tr, source, k=8, max_positions=2500)
     assert nb["positions_scanned"] == 2500 and nb["window"] == 16
@@ -130,7 +133,7 @@ def test_neighbours_find_the_copied_position_first(loaded):
         first, second = block["neighbors"][:2]
         assert first["position"] == end and first["context"] == prompt
         assert first["score"] == pytest.approx(1.0, abs=1e-5) and second["score"] < first["score"] - 1e-4
-        assert first["next"]["text"] == source.text[end + 1]
+        assert first["next"]["text"] == text[end + 1]
     assert sum(a["count"] for a in nb["approx"]) == 8 * model.config.n_layer
     assert sum(a["prob"] for a in nb["approx"]) == pytest.approx(1.0)
     # the model's side recomputed from a plain forward of the prompt, KL(q || p) from the counts
@@ -141,3 +144,32 @@ def test_neighbours_find_the_copied_position_first(loaded):
     kl = sum(qi * math.log(qi / p[i].item()) for i, qi in q.items())
     assert nb["kl_approx_model"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
     assert nb["top1_agree"] == (max(q, key=q.get) == int(p.argmax()))
+
+
+def test_the_training_text_is_streamed_from_disk_as_far_as_it_is_read(loaded, tmp_path):
+    """The training split and the held-out part, read in blocks, are the whole text cut where
+    training cut it (`split_point` on the text as one string); a 20 MB --data file is not held whole
+    to give the 1,000 characters a scan asks for (tracemalloc's peak, its sha256 pass included)."""
+    import tracemalloc
+
+    from gptkit.data.dataset import split_point
+    from gptkit.introspect.neighbor_eval import eval_texts
+
+    _, _, info = loaded
+    text = SHAKESPEARE.read_bytes().decode("utf-8")  # the file as one string, as inspect read it before
+    cut = split_point(text, info.meta["train_config"]["val_fraction"])
+    assert training_text(info).read(len(text)) == (text[:cut], True)
+    texts = eval_texts(info, None)
+    assert texts.train.read(len(text)) == (text[:cut], True) and texts.held_out.read(len(text)) == (text[cut:], True)
+    assert texts.held_out.read(500) == (text[cut:cut + 500], False)
+    big = tmp_path / "big.txt"
+    big.write_text(text * 18, encoding="utf-8")
+    tracemalloc.start()
+    try:
+        source = training_text(info, big)
+        got = source.read(1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert source.scope == "whole file" and "differs" in source.warnings[0] and got == (text[:1000], False)
+    assert peak < 8 * 2**20, peak  # a few blocks; the whole text as bytes and as a string was 40 MB

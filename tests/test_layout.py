@@ -1,8 +1,9 @@
 """The layout's rules, checked on the source (DESIGN.md, "Layer rules"): the import graph of gptkit has
 no cycle; tokenizers/, data/, config.py and errors.py import no torch, not even through another
-module; the model imports nothing but config; and nothing outside cli/ prints, writes to stdout or
-stderr, or exits. Each checker is also run on planted violations, so a rule cannot pass by checking
-nothing."""
+module; the model imports nothing but config; nothing outside cli/ prints, writes to stdout or
+stderr, or exits; and every module keeps to its line budget (DESIGN.md, "Rough budgets": split by
+responsibility when one grows past it). Each checker is also run on planted violations, so a rule
+cannot pass by checking nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ OUTPUT_CALLS = {"print", "exit", "quit", "input", "breakpoint", "sys.exit", "os.
                 "sys.stdout.write", "sys.stderr.write"}
 OUTPUT_NAMES = {"sys.stdout", "sys.stderr", "sys.__stdout__", "sys.__stderr__"}
 OUTPUT_MODULES = {"typer", "click", "rich"}  # the terminal's libraries belong to cli/
+MODULE_LINES = 450  # any module; past it, one module is doing two modules' work
+LINE_BUDGETS = {  # module -> its own budget, and why it differs
+    "gptkit.model": (260, "the whole model readable top to bottom, as nanoGPT's (issue 21)"),
+}
 
 
 def sources() -> dict[str, str]:
@@ -130,6 +135,16 @@ def output_uses(source: str) -> list[str]:
     return hits
 
 
+def over_budget(srcs: dict[str, str]) -> list[str]:
+    """'module: N lines, over its budget of M' for each module longer than its budget."""
+    out = []
+    for name, src in sorted(srcs.items()):
+        budget = LINE_BUDGETS.get(name, (MODULE_LINES, ""))[0]
+        if (n := len(src.splitlines())) > budget:
+            out.append(f"{name}: {n} lines, over its budget of {budget}")
+    return out
+
+
 def outside_cli(name: str) -> bool:
     return not (name == "gptkit.cli" or name.startswith("gptkit.cli.") or name == "gptkit.__main__")
 
@@ -156,6 +171,12 @@ def test_the_model_imports_only_config():
 def test_only_cli_prints_writes_to_the_terminal_or_exits():
     found = {name: hits for name, src in sources().items() if outside_cli(name) and (hits := output_uses(src))}
     assert not found, "; ".join(f"{name}: {', '.join(hits)}" for name, hits in found.items())
+
+
+def test_every_module_keeps_to_its_line_budget():
+    bad = over_budget(sources())
+    assert not bad, "; ".join(bad) + " (split it by what it owns)"
+    assert set(LINE_BUDGETS) <= set(sources()), "a budget names a module that is gone"
 
 
 def test_every_subpackage_of_the_design_exists():
@@ -196,6 +217,13 @@ def test_a_submodule_import_runs_its_package():
 ])
 def test_each_way_of_reaching_the_terminal_is_found(snippet):
     assert output_uses(snippet)
+
+
+def test_a_module_past_its_budget_is_found():
+    srcs = {"gptkit.a": "x = 1\n" * MODULE_LINES, "gptkit.model": "x = 1\n" * 261}
+    assert over_budget(srcs) == ["gptkit.model: 261 lines, over its budget of 260"]
+    srcs["gptkit.a"] += "y = 2\n"
+    assert over_budget(srcs)[0] == f"gptkit.a: {MODULE_LINES + 1} lines, over its budget of {MODULE_LINES}"
 
 
 def test_ordinary_code_is_not_mistaken_for_output():

@@ -42,7 +42,7 @@ def test_each_pool_vector_is_its_positions_ffn_output_with_half_to_a_whole_block
     model, tok, info = loaded
     W = model.config.block_size  # 64: contexts of 33 to 64 tokens
     lo, hi = context_range(W)
-    ids = torch.tensor(tok.encode(eval_texts(info, None).train.text[:1000]))
+    ids = torch.tensor(tok.encode(eval_texts(info, None).train.read(1000)[0]))
     with torch_threads(1):
         pool = ffn_pool(model, ids, batch_tokens=256)  # (n_layer, n, C), several batches
     assert pool.shape == (model.config.n_layer, ids.numel() - 1, model.config.n_embd)
@@ -111,7 +111,7 @@ def test_follower_ties_go_to_the_nearer_neighbours():
 
 def test_queries_are_the_models_own_predictions(loaded):
     model, tok, info = loaded
-    held = np.asarray(tok.encode(eval_texts(info, None).held_out[:20_000]))
+    held = np.asarray(tok.encode(eval_texts(info, None).held_out.read(20_000)[0]))
     Q = queries(model, held, 50, seed=3)
     lo, hi = context_range(model.config.block_size)
     assert len(set(Q["positions"].tolist())) == 50 and Q["lengths"].min() >= lo and Q["lengths"].max() <= hi
@@ -160,7 +160,7 @@ def test_the_cache_is_rebuilt_when_the_checkpoint_or_the_text_changes(loaded, ru
 
     model, tok, _ = loaded
     info = checkpoint.read_info(checkpoint.resolve(run_copy / "run"))
-    ids = torch.tensor(tok.encode(eval_texts(info, None).train.text[:3000]))
+    ids = torch.tensor(tok.encode(eval_texts(info, None).train.read(3000)[0]))
     with torch_threads(1):
         built = [load_or_build_pool(model, info, ids, "a" * 64)[1]["built"]]
         built.append(load_or_build_pool(model, info, ids, "a" * 64)[1]["built"])  # the same: read back

@@ -175,6 +175,41 @@ def test_out_builds_a_dataset_that_train_uses_and_train_file_caches_the_same(tmp
     assert [int(i) for i in proc.stdout.split()] == [chars.index(c) for c in "ROMEO: speak"]
 
 
+def test_train_file_is_streamed_and_learns_what_its_whole_text_teaches(tmp_path, capsys, monkeypatch):
+    """--train-file goes through the readers and chunker that datasets use: the bpe it learns has the
+    merges of one trained on the file's whole text as one string, --compare learns from it too, a
+    .jsonl file teaches its records' text (not its JSON), and a 20 MB file is never held whole
+    (tracemalloc's peak while the command runs)."""
+    import tracemalloc
+
+    monkeypatch.chdir(tmp_path)
+    text = KOREAN.read_bytes().decode("utf-8")[:200_000]  # several of rustbpe's 64k-character pieces
+    (tmp_path / "ko.txt").write_text(text[:text.rindex("\n") + 1], encoding="utf-8")
+    proc = run_here(capsys, "tokenize", "--train-file", "ko.txt", "-t", "bpe", "--vocab-size", "512",
+                    "--save-tokenizer", "bpe.json", "--ids", EXAMPLE)
+    assert proc.returncode == 0, proc.stderr
+    whole = build_tokenizer("bpe", text[:text.rindex("\n") + 1], 512)  # the file as one string
+    assert load_tokenizer(tmp_path / "bpe.json").mergeable_ranks == whole.mergeable_ranks
+    assert [int(i) for i in proc.stdout.split()] == whole.encode(EXAMPLE)
+    (tmp_path / "small.txt").write_text("ROMEO: speak\n", encoding="utf-8")
+    proc = run_here(capsys, "tokenize", "--compare", "char,byte", "--train-file", str(SHAKESPEARE), "small.txt")
+    header, char_row, _ = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert dict(zip(header, char_row, strict=True))["vocab"] == "65" and char_row[-1] == "--train-file"
+    (tmp_path / "docs.jsonl").write_text('{"text": "ab"}\n{"text": "cd"}\n', encoding="utf-8")
+    proc = run_here(capsys, "tokenize", "--train-file", "docs.jsonl", "--save-tokenizer", "char.json", "--count", "dab")
+    assert proc.stdout == "3\n" and load_tokenizer(tmp_path / "char.json").chars == "\nabcd"  # "ab\n\ncd"
+    big = tmp_path / "big.txt"
+    big.write_text(SHAKESPEARE.read_text(encoding="utf-8") * 18, encoding="utf-8")  # 20 MB
+    tracemalloc.start()
+    try:
+        proc = run_here(capsys, "tokenize", "--train-file", str(big), "--count", "ROMEO")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert proc.returncode == 0 and proc.stdout == "5\n", proc.stderr
+    assert peak < 8 * 2**20, peak  # a few blocks; the whole text as bytes and as a string was 40 MB
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # in this process: the refusals are about the input, not the process
     (tmp_path / "empty.txt").write_bytes(b"")

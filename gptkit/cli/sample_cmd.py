@@ -238,7 +238,8 @@ def make_engine(model: Any, dev: Any, num_samples: int, encoded: list[list[int]]
                 compile: bool | None, no_cache: bool, cpu_split: str):
     """The decoding engine (after the memory check), and the CPU split plan it took ("off" if none)."""
     from gptkit.generate import Engine
-    from gptkit.runtime import check_sampling_memory, want_compile_decode
+    from gptkit.memory import check_sampling_memory
+    from gptkit.runtime import want_compile_decode
 
     precision = next(model.parameters()).dtype
     check_sampling_memory(model.config, num_samples, max(map(len, encoded), default=0), max_new_tokens, dev, precision)

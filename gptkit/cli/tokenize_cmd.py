@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -22,6 +22,9 @@ from gptkit.cli.app import CheckpointRef, Glob, Json, Quiet, SkipBad, Store, Tex
 from gptkit.config import TrainConfig, check_bpe_vocab
 from gptkit.errors import InputError, UsageError
 from gptkit.fsio import check_output_file
+
+if TYPE_CHECKING:  # imported when used: the builder is not needed for --help
+    from gptkit.data.build import Scanned
 
 _MODES = ("ids", "json", "count", "decode", "compare", "out")
 _TRAINED = ("char", "bpe")  # tokenizers that learn from text
@@ -88,10 +91,22 @@ def parse_ids(line: str, where: str) -> list[int]:
     return out
 
 
+def train_source(train_file: Path | None) -> list[Scanned] | None:
+    """--train-file, checked and read once now (streamed, as any input: a bad file fails before any
+    work); char and bpe stream it again to learn from it, so it is never one string in memory."""
+    if train_file is None:
+        return None
+    from gptkit.data.build import scan_inputs
+    from gptkit.data.sources import existing_file, input_file
+
+    return scan_inputs([input_file(existing_file(train_file), str(train_file))])[0]
+
+
 def load_tokenizer_for(spec: str | None, checkpoint: str | None, store: Path | None,
-                       train_text: str | None, vocab_size: int | None, decoding: bool = False):
+                       train_text: str | None, vocab_size: int | None, decoding: bool = False,
+                       train_from: list[Scanned] | None = None):
     """The tokenizer asked for: a checkpoint's own, a saved JSON file, or a name (char and bpe learn
-    from `train_text`)."""
+    from `train_from`, the scanned --train-file, else from `train_text`)."""
     if checkpoint is not None:
         from gptkit.checkpoint import read_info, resolve  # imports torch: only for this flag
         from gptkit.tokenizers.stored import tokenizer_from_dict
@@ -100,9 +115,13 @@ def load_tokenizer_for(spec: str | None, checkpoint: str | None, store: Path | N
     from gptkit.tokenizers import resolve_tokenizer
 
     name = spec or TrainConfig.tokenizer
-    if decoding and name in _TRAINED and train_text is None:
+    if decoding and name in _TRAINED and train_text is None and train_from is None:
         raise UsageError(f"--decode with {name} needs the tokenizer that made the ids: pass --tokenizer FILE.json "
                          "(saved with --save-tokenizer), --checkpoint, or --train-file")
+    if train_from is not None and name in _TRAINED:
+        from gptkit.data.build import tokenizer_for
+
+        return tokenizer_for(train_from, name, vocab_size, val_fraction=0.0)  # all of it, as one text would
     return resolve_tokenizer(name, train_text, vocab_size)
 
 
@@ -171,26 +190,22 @@ def tokenize_command(
         mode = check_flags(modes, text, file, lines, tokenizer, checkpoint, save_tokenizer, val_fraction, vocab_size)
         if save_tokenizer is not None:  # before a bpe is trained or a corpus encoded, not after
             check_output_file(save_tokenizer, "--save-tokenizer FILE")
-        train_text = None
-        if train_file is not None:
-            from gptkit.data.sources import read_text
-
-            train_text = read_text(train_file)
+        train_from = train_source(train_file)
         if mode == "out":
             _build(_inputs(texts, file, glob, text_field, skip_bad), out, tokenizer, checkpoint, store,
-                   train_text, vocab_size, val_fraction, save_tokenizer, quiet)
+                   train_from, vocab_size, val_fraction, save_tokenizer, quiet)
         elif mode == "compare":
-            _compare(read_input(text, file, as_path=True), compare, vocab_size, train_text)
+            _compare(read_input(text, file, as_path=True), compare, vocab_size, train_from)
         else:
-            _show(mode, read_input(text, file, as_path=False), tokenizer, checkpoint, store, train_text, vocab_size,
+            _show(mode, read_input(text, file, as_path=False), tokenizer, checkpoint, store, train_from, vocab_size,
                   save_tokenizer, lines)
 
 
 def _show(mode: str, source: str, spec: str | None, checkpoint: str | None, store: Path | None,
-          train_text: str | None, vocab_size: int | None, save_tokenizer: Path | None, lines: bool) -> None:
+          train_from: list[Scanned] | None, vocab_size: int | None, save_tokenizer: Path | None, lines: bool) -> None:
     """The modes that read one text with one tokenizer: the view, --ids, --json, --count, --decode."""
-    tok = load_tokenizer_for(spec, checkpoint, store, train_text if mode == "decode" else (train_text or source),
-                             vocab_size, decoding=mode == "decode")
+    tok = load_tokenizer_for(spec, checkpoint, store, None if mode == "decode" else source, vocab_size,
+                             decoding=mode == "decode", train_from=train_from)
     if save_tokenizer is not None:
         from gptkit.tokenizers.stored import save_tokenizer as save
 
@@ -282,14 +297,16 @@ def _write(parts: Iterable[str]) -> None:
         sys.stdout.write(part)
 
 
-def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | None) -> None:
+def _compare(source: str, spec: str, vocab_size: int | None, train_from: list[Scanned] | None) -> None:
     from gptkit.cli.views import tokenize_view as render
     from gptkit.introspect.tokens import compare
 
     specs = [s.strip() for s in spec.split(",") if s.strip()]
     if not specs:
         raise UsageError("--compare needs a comma-separated list of tokenizers, e.g. byte,gpt2,bpe")
-    rows = compare(source, specs, vocab_size, train_text)
+    learnt = None if train_from is None else (  # each tokenizer as --train-file makes it
+        lambda one: load_tokenizer_for(one, None, None, None, vocab_size, train_from=train_from))
+    rows = compare(source, specs, vocab_size, learnt)
     if rich_output():
         render.rich_compare(rows)
     else:
@@ -298,7 +315,7 @@ def _compare(source: str, spec: str, vocab_size: int | None, train_text: str | N
 
 
 def _build(data, out: Path, spec: str | None, checkpoint: str | None, store: Path | None,
-           train_text: str | None, vocab_size: int | None, val_fraction: float, save_tokenizer: Path | None,
+           train_from: list[Scanned] | None, vocab_size: int | None, val_fraction: float, save_tokenizer: Path | None,
            quiet: bool) -> None:
     """--out: stream the inputs into a dataset folder, with progress on stderr."""
     from gptkit.cli.views.data_view import BuildProgress, build_summary
@@ -309,8 +326,8 @@ def _build(data, out: Path, spec: str | None, checkpoint: str | None, store: Pat
 
     name = spec or TrainConfig.tokenizer
     given = None  # a ready tokenizer (checkpoint, JSON file, or learnt from --train-file)
-    if checkpoint is not None or train_text is not None or name not in TOKENIZER_NAMES:
-        given = load_tokenizer_for(spec, checkpoint, store, train_text, vocab_size)
+    if checkpoint is not None or train_from is not None or name not in TOKENIZER_NAMES:
+        given = load_tokenizer_for(spec, checkpoint, store, None, vocab_size, train_from=train_from)
     from gptkit.checkpoint import default_store
 
     store = store or default_store()

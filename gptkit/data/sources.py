@@ -333,21 +333,24 @@ def _records(stream: BinaryIO, name: str, text_field: str) -> Iterator[Piece]:
         yield text, n
 
 
-def read_text(path: str | Path) -> str:
+def existing_file(path: str | Path) -> Path:
+    """`path`, checked to be there and not a folder (one file named on its own: `--train-file`, `--data`)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{str(p)!r} does not exist; give a path to a UTF-8 text file")
     if p.is_dir():
         raise InputError(f"{str(p)!r} is a directory; give a text file")  # (train takes dataset folders before this)
+    return p
+
+
+def read_text(path: str | Path) -> str:
+    """A small file's whole text (a prompt, a text to view); large inputs stream (`read_documents`)."""
+    p = existing_file(path)
     try:
         data = p.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {str(p)!r}: {e.strerror}") from None
     return decode_utf8(data, repr(str(p)))
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def is_url(ref: str) -> bool:

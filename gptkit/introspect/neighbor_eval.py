@@ -50,19 +50,19 @@ POOL_BYTES = 1 << 30  # the default pool: the whole training split, or as much o
 @dataclass
 class EvalTexts:
     train: TrainingText  # the neighbours' and baselines' text
-    held_out: str  # where the positions are drawn from
+    held_out: TrainingText  # where the positions are drawn from
     digest: str  # sha256 of the whole file
 
 
 def eval_texts(info: CheckpointInfo, data: str | Path | None) -> EvalTexts:
     """The recorded text (or `data`) cut where training cut it: neighbours and baselines from the
-    training part, the positions from the validation part, so no position is its own neighbour."""
-    from gptkit.data.dataset import split_point
-
-    text, path, digest, warnings = read_source(info, data)
-    cut = split_point(text, (info.meta.get("train_config") or {}).get("val_fraction") or 0.1)
+    training part, the positions from the validation part, so no position is its own neighbour.
+    Both are streamed from the file as far as they are read."""
+    scanned, path, warnings = read_source(info, data)
+    val_fraction = (info.meta.get("train_config") or {}).get("val_fraction") or 0.1
     scope = "training split" if not warnings else "training split of the file as it is now"
-    return EvalTexts(TrainingText(text[:cut], path, scope, warnings), text[cut:], digest)
+    return EvalTexts(TrainingText(scanned, path, scope, warnings, "train", val_fraction),
+                     TrainingText(scanned, path, "held-out part", [], "val", val_fraction), scanned.sha256)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,11 +254,10 @@ def evaluate(model: GPT, tokenizer: Tokenizer, info: CheckpointInfo, texts: Eval
     src, t0 = texts.train, time.perf_counter()
     if max_positions is None:
         max_positions = max(1, POOL_BYTES // (2 * model.config.n_layer * model.config.n_embd))
-    pool_ids = np.asarray(encode_prefix(tokenizer, src.text, max_positions + 1, src.path)[:max_positions + 1],
-                          dtype=np.int64)
+    pool_ids = np.asarray(encode_prefix(tokenizer, src, max_positions + 1)[:max_positions + 1], dtype=np.int64)
     if pool_ids.size < 2:
         raise InputError(f"the training part of {src.path!r} is {pool_ids.size} tokens; it needs at least 2")
-    held = np.asarray(encode_prefix(tokenizer, texts.held_out, max_held_out, src.path)[:max_held_out], dtype=np.int64)
+    held = np.asarray(encode_prefix(tokenizer, texts.held_out, max_held_out)[:max_held_out], dtype=np.int64)
     Q = queries(model, held, n, seed)  # first: too few positions is an error before the pool's work
     vectors, cache = load_or_build_pool(model, info, torch.from_numpy(pool_ids), texts.digest, progress)
     t1 = time.perf_counter()

@@ -8,16 +8,18 @@ the prompt's length ending there), so the comparison is like for like: a prompt 
 training text matches its own position with similarity 1.
 
 Owns finding the training text (the path recorded in the checkpoint, checked against its sha256, or
-a file the user names) and the chunked scan with a bounded top-k per block. It does not render and
-never prints: warnings are returned, progress goes to a callback.
+a file the user names) and the chunked scan with a bounded top-k per block. The file is read as
+training read it (`data.sources.read_documents`), streamed: one pass for its sha256 and size, then
+only as much of its start as the scan encodes (`TrainingText.read`), never the whole text at once.
+It does not render and never prints: warnings are returned, progress goes to a callback.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.checkpoint import CheckpointInfo
-from gptkit.data.dataset import split_point
-from gptkit.data.sources import BUILTIN, builtin_corpus, read_text, sha256_bytes
+from gptkit.data.build import Scanned, scan_one
+from gptkit.data.chunks import DOC_END, Piece, Splitter
+from gptkit.data.sources import BUILTIN, builtin_corpus, existing_file, input_file, read_documents
 from gptkit.errors import InputError, TokenizerError
 from gptkit.introspect.tokens import label
 from gptkit.introspect.trace import Trace, piece, run_blocks
@@ -36,17 +39,65 @@ from gptkit.tokenizers.core import Tokenizer
 Progress = Callable[[int, int], None]
 
 
-@dataclass
 class TrainingText:
-    text: str
-    path: str
-    scope: str  # "training split" (the recorded text, validation cut off) or "whole file"
-    warnings: list[str] = field(default_factory=list)
+    """One part of a text file (`side`: "train" or "val" of the split training made, None: all of it),
+    read from disk only as far as asked: `read(chars)` streams the file until it has that many."""
+
+    def __init__(self, scanned: Scanned, path: str, scope: str, warnings: list[str] | None = None,
+                 side: str | None = None, val_fraction: float = 0.0) -> None:
+        self.scanned, self.path, self.scope = scanned, path, scope  # scope: "training split", "whole file", ...
+        self.warnings = warnings or []
+        self.side, self.val_fraction = side, val_fraction
+        self._text, self._pieces, self._done = "", None, False
+
+    def read(self, chars: int) -> tuple[str, bool]:
+        """Its first `chars` characters (fewer where it ends first), and whether they are all of it."""
+        parts, n = [self._text], len(self._text)
+        self._pieces = self._pieces or self._stream()
+        while n <= chars and not self._done:  # one character past `chars` tells whether more follows
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._done = True
+            else:
+                parts.append(piece)
+                n += len(piece)
+        self._text = "".join(parts)
+        return self._text[:chars], self._done and n <= chars
+
+    def _stream(self) -> Iterator[str]:
+        """Its text in pieces, documents joined as training joins them without an end-of-text id
+        (`chunks.Chunker`: a blank line, or one newline after a document that ends a line)."""
+        want, started, sep_due, ends_line = self.side or "train", False, False, True
+        with closing(read_documents(self.scanned.inp)) as pieces:
+            for side, part in self._sided(pieces):
+                if side != want:
+                    if want == "train":
+                        return  # the validation part has begun: nothing of the training part follows
+                    continue
+                if part is DOC_END:
+                    sep_due = started
+                elif part[0]:
+                    if sep_due:
+                        yield "\n" if ends_line else "\n\n"
+                    started, sep_due, ends_line = True, False, part[0].endswith("\n")
+                    yield part[0]
+
+    def _sided(self, pieces: Iterator[Piece]) -> Iterator[tuple[str, Piece]]:
+        """(side, piece): the file's pieces sent to "train" or "val" by training's split (all to "train"
+        for the whole file)."""
+        if self.side is None:
+            yield from (("train", p) for p in pieces)
+            return
+        split = Splitter(self.scanned.text_bytes, self.val_fraction)
+        for p in pieces:
+            yield from split.feed(p)
+        yield from split.finish()
 
 
-def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[str, str, str, list[str]]:
-    """(text, path, its sha256, warnings): `data` if given, else the file the checkpoint's metadata
-    records; a warning when the text is not the one the checkpoint records (sha256 differs)."""
+def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[Scanned, str, list[str]]:
+    """(the file, read once for its sha256 and size; its path; warnings): `data` if given, else the
+    file the checkpoint's metadata records; a warning when it is not the one the checkpoint records
+    (sha256 differs)."""
     record = info.state.get("data") or {}
     if data is None:
         path = record.get("path")
@@ -66,37 +117,38 @@ def read_source(info: CheckpointInfo, data: str | Path | None = None) -> tuple[s
                              "pass --data FILE")
     else:
         path = str(data)
-    text = read_text(path)
-    digest, recorded = sha256_bytes(text.encode("utf-8")), record.get("sha256")
+    scanned = scan_one(input_file(existing_file(path), path))
+    digest, recorded = scanned.sha256, record.get("sha256")
     warnings = []
     if recorded and digest != recorded:
         warnings.append(f"{path!r} differs from the text this checkpoint was trained on (sha256 {digest[:12]}, "
                         f"recorded {recorded[:12]}); neighbours come from the file as it is now")
-    return text, path, digest, warnings
+    return scanned, path, warnings
 
 
 def training_text(info: CheckpointInfo, data: str | Path | None = None) -> TrainingText:
     """The text the checkpoint was trained on: `data` if given, else the path its metadata records.
     When the text's sha256 matches the record, only the training split is used (validation was never
     trained on); when it differs, a warning is returned and the whole file is used as it is."""
-    text, path, digest, warnings = read_source(info, data)
+    scanned, path, warnings = read_source(info, data)
     recorded = (info.state.get("data") or {}).get("sha256")
     val_fraction = (info.meta.get("train_config") or {}).get("val_fraction")
-    if recorded and digest == recorded and val_fraction:
-        return TrainingText(text[:split_point(text, val_fraction)], path, "training split", warnings)
-    return TrainingText(text, path, "whole file", warnings)
+    if recorded and scanned.sha256 == recorded and val_fraction:
+        return TrainingText(scanned, path, "training split", warnings, "train", val_fraction)
+    return TrainingText(scanned, path, "whole file", warnings)
 
 
-def encode_prefix(tokenizer: Tokenizer, text: str, n_tokens: int, path: str) -> list[int]:
-    """At least n_tokens ids from the start of text (all of it if shorter), encoding no more text than
-    needed: a 100 MB corpus costs nothing when only its first 100k positions are scanned."""
+def encode_prefix(tokenizer: Tokenizer, source: TrainingText, n_tokens: int) -> list[int]:
+    """At least n_tokens ids from the start of the text (all of it if shorter), reading and encoding
+    no more of it than needed: a 100 MB corpus costs nothing when only its first 100k positions are scanned."""
     chars = n_tokens * 4
     while True:
+        text, whole = source.read(chars)
         try:
-            ids = tokenizer.encode(text[:chars])
+            ids = tokenizer.encode(text)
         except TokenizerError as e:
-            raise InputError(f"{path!r} cannot be encoded with this checkpoint's tokenizer: {e}") from None
-        if chars >= len(text):
+            raise InputError(f"{source.path!r} cannot be encoded with this checkpoint's tokenizer: {e}") from None
+        if whole:
             return ids
         if len(ids) > n_tokens:
             return ids[:-1]  # the last token may be cut by the prefix boundary
@@ -135,7 +187,7 @@ def neighbours(model: GPT, tokenizer: Tokenizer, tr: Trace, source: TrainingText
     """The `--neighbors` view for a traced prompt: per block its k nearest training positions, and the
     followers of all of them as an approximate next-token distribution set against the model's."""
     L = len(tr.ids)
-    ids = encode_prefix(tokenizer, source.text, max_positions + L, source.path)
+    ids = encode_prefix(tokenizer, source, max_positions + L)
     n = min(len(ids) - L, max_positions)  # windows ending at L-1 .. L-2+n; each needs a follower
     if n < 1:
         raise InputError(f"{source.path!r} is {len(ids)} tokens, too short to compare with a {L}-token prompt")

@@ -13,7 +13,7 @@ It does not print or pick colours (the CLI renders), and it never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -246,10 +246,10 @@ class CompareRow:
 
 
 def compare(text: str, specs: list[str], vocab_size: int | None = None,
-            train_text: str | None = None) -> list[CompareRow]:
+            learnt: Callable[[str], Tokenizer] | None = None) -> list[CompareRow]:
     """Each tokenizer on `text`, as `gptkit train` would build it: char learns the whole text
-    (validation must be encodable), bpe the first 90% (or `train_text` for both when given);
-    held-out tokens per character are counted on the last 10%."""
+    (validation must be encodable), bpe the first 90%; or each as `learnt(spec)` builds it (char and
+    bpe learnt from --train-file). Held-out tokens per character are counted on the last 10%."""
     from gptkit.data.dataset import split_point
 
     cut = split_point(text, HELD_OUT)
@@ -257,11 +257,11 @@ def compare(text: str, specs: list[str], vocab_size: int | None = None,
     data = text.encode("utf-8")
     rows = []
     for spec in specs:
-        if train_text is not None:
-            learn, trained_on = train_text, "--train-file"
+        if learnt is not None:
+            tok, trained_on = learnt(spec), "--train-file"
         else:
             learn, trained_on = (text, "all of the text") if spec == "char" else (text[:cut], "first 90%")
-        tok = resolve_tokenizer(spec, learn, vocab_size)
+            tok = resolve_tokenizer(spec, learn, vocab_size)
         encode = tok.encode_array
         ids = encode(text).astype(np.int64)
         bounds = boundaries(data, ids, token_byte_lengths(tok))
