@@ -48,7 +48,7 @@ def pytest_addoption(parser):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker a core, at most 4: each worker trains its own session fixtures."""
+    """`-n auto`: one worker a core, at most 4: each holds torch, its models and its CLI children in memory."""
     return max(1, min(4, CORES))
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, seed_builtin_corpus
 
 GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
 FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
@@ -248,10 +248,7 @@ def warm_builtin_corpus(run_dir: Path) -> None:
     """Put the built-in corpus where `gptkit train` in `run_dir` looks for it (./checkpoints/.cache)."""
     from gptkit.data.sources import builtin_corpus
 
-    made = builtin_corpus()  # the machine-wide copy, which inspect --neighbors reads
-    target = run_dir / "checkpoints" / ".cache" / "corpus" / made.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(made, target)
+    seed_builtin_corpus(builtin_corpus(), run_dir / "checkpoints")  # the machine-wide copy: inspect --neighbors reads it
 
 
 @pytest.mark.parametrize("lang", sorted(GUIDES))

@@ -246,7 +246,7 @@ ROPE = dict(pos_encoding="rope")  # the CPU default (quick); learned positions: 
 
 @pytest.mark.parametrize("switch", [{**ROPE, "norm": "rmsnorm"}, {**ROPE, "mlp": "swiglu"},  # RoPE in each
                                     {**ROPE, "norm": "rmsnorm", "mlp": "swiglu", "bias": False}])
-def test_architecture_switches_train_and_round_trip(tmp_path, switch, monkeypatch):
+def test_architecture_switches_train_and_round_trip(tmp_path, switch):
     """Each switch trains a model that uses its context: 0.1 nats below the add-one bigram of the same
     split, the best a model that sees only the current token does (the same run with attention
     removed ends above it: planted, such a model fails here). Its checkpoint, saved again, gives the
