@@ -102,6 +102,11 @@ def save(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
     return path
 
 
+def _one_line(e: BaseException) -> str:
+    """A library's message as one line (safetensors' quote the bad bytes, newlines included)."""
+    return " ".join(str(e).split())
+
+
 def _read_header(path: Path) -> dict[str, Any]:
     """Parse the safetensors header ourselves first: size-checked, so a hostile file cannot make us
     allocate gigabytes, and every kind of damage becomes one CheckpointError."""
@@ -198,7 +203,7 @@ def load_tensors(info: CheckpointInfo, prefix: str, device: str | torch.device =
                 if name.startswith(prefix):
                     out[name[len(prefix):]] = f.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot read tensors from {str(info.path)!r}: {e}") from None
+        raise CheckpointError(f"cannot read tensors from {str(info.path)!r}: {_one_line(e)}") from None
     return out
 
 
@@ -220,7 +225,7 @@ def build_model(info: CheckpointInfo, device: str | torch.device = "cpu"):
         # every `sample` and `inspect` start); the check above keeps the size to the file's
         model = GPT(cfg)
     except (GptkitError, TypeError, ValueError, ArithmeticError, AssertionError, RuntimeError) as e:
-        raise CheckpointError(f"{str(info.path)!r} has an unusable model_config ({e})") from None
+        raise CheckpointError(f"{str(info.path)!r} has an unusable model_config ({_one_line(e)})") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(declared))
     unexpected = sorted(set(declared) - set(expected))
@@ -243,7 +248,7 @@ def load_for_inference(ref: str | Path | None = None, store: Path | None = None,
     try:
         tokenizer = tokenizer_from_dict(info.meta["tokenizer"])
     except TokenizerError as e:
-        raise CheckpointError(f"{str(info.path)!r} holds a damaged tokenizer: {e}") from None
+        raise CheckpointError(f"{str(info.path)!r} holds a damaged tokenizer: {_one_line(e)}") from None
     model = build_model(info, device)
     if tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embedding
         raise CheckpointError(f"{str(info.path)!r} is inconsistent: its tokenizer has {tokenizer.vocab_size} ids, "

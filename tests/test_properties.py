@@ -166,3 +166,13 @@ def test_mutated_checkpoints_load_or_raise_checkpoint_error(real_checkpoint, dat
     logits, _ = model(torch.tensor([ids]))
     assert logits.shape == (1, 2, model.config.vocab_size)
     tok.decode_bytes(ids)
+
+
+def test_a_library_message_quoting_a_newline_is_still_one_line(real_checkpoint):
+    """Found by the test above: a dtype renamed to a newline made safetensors' message two lines
+    ("unknown variant `\\n `"), and the CLI showed only its first half."""
+    original, path = real_checkpoint
+    path.write_bytes(original.replace(b'"F32"', b'"\\n "', 1))  # JSON's escaped newline, in the same length
+    with pytest.raises(CheckpointError, match="unknown variant") as e:
+        checkpoint.load_for_inference(path)
+    assert "\n" not in str(e.value)
