@@ -1,6 +1,7 @@
 """Shared fixtures: the real corpora shipped in tests/data (see its README), offline tiktoken, one
 small model trained for real once per test session (and its checkpoint), and CLI runners: in a
-subprocess, or in this process for cases that must cost milliseconds."""
+process of its own (on Linux a forked copy of a server that has imported torch: tests/forkserver.py),
+or in this process for cases that must cost milliseconds."""
 
 from __future__ import annotations
 
@@ -64,11 +65,39 @@ def pytest_configure(config):
         raise pytest.UsageError("GPTKIT_CI=1 needs " + ", ".join(missing) + ": tests would be skipped")
 
 
+# how a CLI test's commands run: tests/forkserver.py (Linux; GPTKIT_TEST_FORK=0 turns it off)
+FORK = sys.platform.startswith("linux") and os.environ.get("GPTKIT_TEST_FORK", "1") != "0"
+_fork_server: list = []  # this worker's, started by the first command that needs it
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment a CLI test runs `python` in: this one, with plain (uncoloured) UTF-8 output."""
+    return {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8", **extra}
+
+
+def cli_python() -> list[str]:
+    """The argv that runs `python ARGS` as its own process: a fresh interpreter costs 2-3 s of CPU for
+    torch's import, so on Linux it is a forked copy of a server that has imported torch once (this
+    worker's; see tests/forkserver.py, which execs a fresh interpreter when the copy could not behave
+    as one). A test about the interpreter itself (what it imports, its memory) uses sys.executable."""
+    if not FORK:
+        return [sys.executable]
+    if not _fork_server:
+        import atexit
+        import tempfile
+
+        from tests import forkserver
+
+        sock = os.path.join(tempfile.mkdtemp(prefix="gptkit-fork-"), "s")  # a socket's path has ~100 bytes
+        _fork_server.append((forkserver.start(sock, cli_env()), sock))
+        atexit.register(forkserver.stop, _fork_server[0][0])
+    return [sys.executable, str(Path(__file__).with_name("forkserver.py")), _fork_server[0][1]]
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m gptkit ARGS` as a user would, capturing stdout and stderr as text."""
-    full_env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gptkit", *args], cwd=cwd, env=full_env, input=input,
+    """Run `python -m gptkit ARGS` as a user would (its own process), capturing stdout and stderr as text."""
+    return subprocess.run([*cli_python(), "-m", "gptkit", *args], cwd=cwd, env=cli_env(**(env or {})), input=input,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -201,8 +230,10 @@ def seed_builtin_corpus(built: Path, store: Path) -> None:
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """The folder `build(folder)` fills, built once for the whole session: the first xdist worker to
-    ask builds it on every core while the others wait, then every worker reads it (the tests that use
-    such a folder only read it). A trained fixture then costs its training once, not once a worker."""
+    ask builds it while any other that asks waits, then every worker reads it (the tests that use such
+    a folder only read it). A trained fixture then costs its training once, not once a worker. The
+    build keeps the worker's share of the cores: the other workers are mostly running tests, not
+    waiting, and torch with more threads than free cores slows every process on the machine."""
     import shutil
 
     from gptkit.fsio import file_lock
@@ -214,8 +245,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
         if not done.is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            with torch_threads(CORES):
-                build(folder)
+            build(folder)
             done.touch()
     return folder
 

@@ -16,6 +16,11 @@ that ended it; if the client is killed, the server kills the command. It runs a 
 instead (exec) for anything other than `-m module` or a script file (e.g. `-c CODE`), when stdin,
 stdout or stderr is closed, and when the caller's environment differs from the server's in a
 variable read only at start-up (PYTHON*, OMP_*, LANG, LC_*, ...): a forked copy could not honour it.
+
+conftest.py's cli_python() starts one server per xdist worker, on Linux only (a fork of a process that
+has loaded torch is not safe on macOS); GPTKIT_TEST_FORK=0 runs every command in a fresh interpreter.
+A test about the interpreter itself (what it imports, its peak memory, a process killed at a chosen
+moment, a terminal, dropped privileges) runs sys.executable directly.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-
 `--eval 20`; the built-in corpus, which `gptkit train` would make in the run folder's store, is
 copied there from the one `inspect --neighbors` makes (the same file, made once per machine, not
 twice per run); and `gptkit`/`python` run as forked copies of one interpreter that has already
-imported torch (guide_forkserver.py: each is still its own process, with the command's argv, folder,
+imported torch (forkserver.py: each is still its own process, with the command's argv, folder,
 environment, stdio and exit code), because importing torch took most of a fresh command's time.
 GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter, which
 is how their shown outputs were made.
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import ROOT, seed_builtin_corpus
 
 GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
@@ -55,7 +56,7 @@ FAST_EVAL_ITERS = 2
 FAST_POSITIONS = 1000
 FAST_EVAL = 20
 TRAINS = re.compile(r"\b(gptkit train|python no_mask\.py)\b")  # the guides' no_mask.py runs `gptkit train`
-FORKSERVER = Path(__file__).with_name("guide_forkserver.py")
+FORKSERVER = Path(__file__).with_name("forkserver.py")
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 NUMBER = re.compile(r"[-+]?\d[\d,.:]*")
@@ -204,14 +205,11 @@ def python_cmd(tmp_path_factory):
         yield [sys.executable]
         return
     sock = tmp_path_factory.mktemp("forkserver") / "s"
-    server = subprocess.Popen([sys.executable, str(FORKSERVER), "serve", str(sock)], env=step_env(),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    server = forkserver.start(str(sock), step_env())
     try:
-        assert server.stdout.readline() == "ready\n", "the guide fork server did not start"
         yield [sys.executable, str(FORKSERVER), str(sock)]
     finally:
-        server.kill()
-        server.wait()
+        forkserver.stop(server)
 
 
 def run_step(step: Step, cwd: Path, python: list[str]) -> None:

@@ -8,14 +8,13 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from gptkit import checkpoint
 from gptkit.config import ModelConfig, to_dict
-from tests.conftest import KOREAN, assert_one_line_error, built_once, run_cli, run_here
+from tests.conftest import KOREAN, assert_one_line_error, built_once, cli_env, cli_python, run_cli, run_here
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +113,8 @@ def test_streamed_korean_never_shows_a_broken_character(korean_bytes, tmp_path):
 
 
 def test_output_streams_before_generation_ends(trained_run, tmp_path):
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"}
-    cmd = [sys.executable, "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:",
+    env = cli_env()
+    cmd = [*cli_python(), "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:",
            "-n", "100000", "--no-echo"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -146,13 +145,13 @@ def test_bad_input_gives_one_line_error(tmp_path, args, needle, capsys, monkeypa
 
 def test_a_failed_write_to_stdout_is_one_line(trained_run, tmp_path):
     """A full disk (`> /dev/full`) or a closed stdout (`>&-`): one error line, not a traceback."""
-    cmd = [sys.executable, "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "5"]
-    env = {**os.environ, "NO_COLOR": "1"}
+    cmd = [*cli_python(), "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "5"]
+    env = cli_env()  # `>&-` closes the client's stdout: it runs a fresh interpreter (tests/forkserver.py)
     with open("/dev/full", "w") as full:
         proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     assert_one_line_error(proc, "writing the output failed", "no space left")
     assert proc.returncode == 1
-    for args in (cmd, [sys.executable, "-m", "gptkit", "--help"]):
+    for args in (cmd, [*cli_python(), "-m", "gptkit", "--help"]):
         proc = subprocess.run(shlex.join(args) + " >&-", shell=True, capture_output=True, text=True, env=env,
                               cwd=tmp_path)
         assert_one_line_error(proc, "writing the output failed", "stdout is closed")

@@ -22,7 +22,15 @@ import torch
 from gptkit import checkpoint
 from gptkit.config import resolve_config
 from gptkit.train import train
-from tests.conftest import SHAKESPEARE, assert_one_line_error, recorded_eval, reference_losses, run_here
+from tests.conftest import (
+    SHAKESPEARE,
+    assert_one_line_error,
+    cli_env,
+    cli_python,
+    recorded_eval,
+    reference_losses,
+    run_here,
+)
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, eval_iters=2, warmup_iters=2, grad_accum=1)
 
@@ -176,8 +184,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig, capsys):
     store = tmp_path / "store"
     args = ["train", str(SHAKESPEARE), "--run", "r", "--checkpoints", str(store), "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--block-size", "32", "--eval-interval", "10", "--eval-iters", "2", "--max-iters", "100000"]
-    env = {**os.environ, "NO_COLOR": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gptkit", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([*cli_python(), "-m", "gptkit", *args], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = store / "r" / checkpoint.LAST
     deadline = time.time() + 120
