@@ -68,14 +68,16 @@ def _free_port() -> int:
 
 def _torchrun(tmp_path, run: str, *args: str, wait: bool = True):
     """`torchrun --nproc_per_node 2 -m gptkit train` on CPU (gloo), one thread a rank. Each rank's own
-    stdout and stderr go to files under tmp_path/logs (torchrun --redirects), read by `_ddp_report`."""
+    stdout and stderr go to files under tmp_path/logs (torchrun --redirects), read by `_ddp_report`.
+    The launcher is a fresh interpreter (its children are the ranks); each rank is `python -m gptkit`
+    through conftest's cli_python (--no-python: torchrun runs that argv as it is)."""
     (tmp_path / "logs").mkdir(exist_ok=True)
     logs = tempfile.mkdtemp(prefix=f"{run}-", dir=tmp_path / "logs")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "--log-dir", logs, "--redirects", "3",
-           "-m", "gptkit", "train", *args, "--run-name", run, "--checkpoints", str(tmp_path), "--device", "cpu", "-q",
-           "--dtype", "float32"]  # the data first: torchrun reads an option it can abbreviate until then
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+           "--log-dir", logs, "--redirects", "3", "--no-python",
+           *cli_python(), "-m", "gptkit", "train", *args, "--run-name", run, "--checkpoints", str(tmp_path),
+           "--device", "cpu", "-q", "--dtype", "float32"]  # the data first: torchrun reads an option it can abbreviate until then
+    env = cli_env(OMP_NUM_THREADS="1")
     if not wait:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
         proc.logs = logs
