@@ -28,6 +28,9 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(max(1, CORES // WORKERS))
+    # inductor compiles its C++ kernels in a pool of processes, one a core, each importing torch: on
+    # a worker's share of the cores that pool only adds processes fighting the other workers for them
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, CORES // WORKERS)))
 else:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 # every training (in this process and in the CLI's) would time 0.2 s of matmuls for its MFU line;
@@ -51,6 +54,17 @@ def pytest_addoption(parser):
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker a core, at most 4: each holds torch, its models and its CLI children in memory."""
     return max(1, min(4, CORES))
+
+
+# session fixtures that one worker builds for all (built_once below)
+BUILT_ONCE = {"trained_run", "korean_bpe_run", "korean_bytes"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that need a built-once fixture run first, in their files' order. xdist hands each
+    worker a contiguous share of this list, so the first worker's share starts with them: it builds
+    each fixture while the others run tests that need none, instead of waiting on the build's lock."""
+    items.sort(key=lambda item: not BUILT_ONCE & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_configure(config):

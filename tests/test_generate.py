@@ -50,8 +50,9 @@ def run(engine: Engine, prompt: list[int], n: int, params: SamplingParams = GREE
     return torch.stack([s.ids for s in steps], 1), [s.logits.clone() for s in steps]  # (B, n), n x (B, V)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("which", ["char_model", "rope_model"])
+# 2 threads (other reduction splits) on the smaller model: a 2-thread test on a core that other test
+# workers share waits at every parallel region for a descheduled thread
+@pytest.mark.parametrize("which, threads", [("char_model", 1), ("rope_model", 1), ("rope_model", 2)])
 def test_cached_logits_equal_the_full_forward_at_every_step_past_block_size(request, which, threads):
     model, tok = request.getfixturevalue(which)
     block = model.config.block_size
@@ -222,8 +223,8 @@ def test_complete_reports_eos_stop_and_length(char_model):
     assert stopped.finish_reason == "stop" and stopped.text == s.text[:s.text.index(stop)]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
-@pytest.mark.parametrize("which, threads", [("char_model", 2), ("rope_model", 1)])  # each inductor build ~8 s
+# inductor writes parallel C++ kernels for 2 threads, serial ones for 1: one model each
+@pytest.mark.parametrize("which, threads", [("char_model", 1), ("rope_model", 2)])
 def test_compiled_decode_step_on_cpu_matches_eager(request, which, threads):
     """The compiled step (inductor on CPU) gives eager's text and logits, learned positions and RoPE +
     RMSNorm + SwiGLU, past block_size (64; 32 for the RoPE model: re-prefills in between), compiled
@@ -278,7 +279,9 @@ def test_the_exponential_race_draws_tokens_with_their_probabilities():
 def test_a_compiled_job_samples_inside_the_step_compiled_once_before_timing(char_model, monkeypatch):
     """The compiled step includes the sampling (no eager sampling, no host read in the loop), is
     compiled and recorded by `warm_up` before a timer starts, and never recompiles, past block_size
-    too; every row's text is its own seed's."""
+    too; every row's text is its own seed's. Dynamo traces the step whole (fullgraph) and a counting
+    backend runs the graph: what is checked is the graph, not inductor's C++ (the decode tests above
+    compile that), whose build for this step's sort and cumsum was the suite's slowest on a cold cache."""
     from torch._dynamo.testing import CompileCounter
 
     import gptkit.generate as gen
@@ -291,15 +294,15 @@ def test_a_compiled_job_samples_inside_the_step_compiled_once_before_timing(char
     engine = Engine(model, num_samples=2, compile_step=True)
     engine.warm_up(params)
     assert counter.frame_count == 1
-    monkeypatch.setattr(gen, "sample_next_token", lambda *a, **k: pytest.fail("eager sampling in a compiled job"))
-    reads = []
-    for name in ("item", "tolist"):
-        real_read = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=real_read: reads.append(1) or _r(self, *a))
     prompt = tok.encode("ROMEO:")
-    ids, _ = run(engine, prompt, 100, params, seed=4)  # block_size 64: the window moves twice
+    with pytest.MonkeyPatch.context() as watch:
+        watch.setattr(gen, "sample_next_token", lambda *a, **k: pytest.fail("eager sampling in a compiled job"))
+        reads = []
+        for name in ("item", "tolist"):
+            real_read = getattr(torch.Tensor, name)
+            watch.setattr(torch.Tensor, name, lambda self, *a, _r=real_read: reads.append(1) or _r(self, *a))
+        ids, _ = run(engine, prompt, 100, params, seed=4)  # block_size 64: the window moves twice
     assert counter.frame_count == 1 and not reads
-    monkeypatch.undo()
     again, _ = run(engine, prompt, 100, params, seed=4)
     assert torch.equal(ids, again)  # the same seed, the same texts
     one = Engine(model, num_samples=1, compile_step=True)

@@ -155,7 +155,6 @@ def test_stop_strings_with_the_mask(korean_bpe):
     assert cut.samples[1].text == free.samples[1].text[:free.samples[1].text.index(stop)]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
 def test_the_compiled_step_samples_the_same_valid_text(korean_bpe):
     import torch._dynamo
 
