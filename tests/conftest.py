@@ -81,7 +81,7 @@ def pytest_configure(config):
 
 # how a CLI test's commands run: tests/forkserver.py (Linux; GPTKIT_TEST_FORK=0 turns it off)
 FORK = sys.platform.startswith("linux") and os.environ.get("GPTKIT_TEST_FORK", "1") != "0"
-_fork_server: list = []  # this worker's, started by the first command that needs it
+_fork_server: list = []  # this worker's (server, client argv), started by the first command that needs it
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -103,15 +103,21 @@ def cli_python() -> list[str]:
         from tests import forkserver
 
         sock = os.path.join(tempfile.mkdtemp(prefix="gptkit-fork-"), "s")  # a socket's path has ~100 bytes
-        _fork_server.append((forkserver.start(sock, cli_env()), sock))
-        atexit.register(forkserver.stop, _fork_server[0][0])
-    return [sys.executable, str(Path(__file__).with_name("forkserver.py")), _fork_server[0][1]]
+        server = forkserver.start(sock, cli_env())
+        atexit.register(forkserver.stop, server)
+        _fork_server.append((server, forkserver.client_argv(sock)))
+    return list(_fork_server[0][1])
+
+
+def gptkit_argv() -> list[str]:
+    """`python -m gptkit` as cli_python runs it."""
+    return [*cli_python(), "-m", "gptkit"]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m gptkit ARGS` as a user would (its own process), capturing stdout and stderr as text."""
-    return subprocess.run([*cli_python(), "-m", "gptkit", *args], cwd=cwd, env=cli_env(**(env or {})), input=input,
+    return subprocess.run([*gptkit_argv(), *args], cwd=cwd, env=cli_env(**(env or {})), input=input,
                           capture_output=True, text=True, timeout=timeout)
 
 

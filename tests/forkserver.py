@@ -151,6 +151,11 @@ def _request(conn: socket.socket) -> tuple[bytes | None, list[int]]:
     return message, fds
 
 
+def client_argv(path: str) -> list[str]:
+    """The argv prefix that runs `python ARGS` through the server on socket `path`."""
+    return [sys.executable, os.path.abspath(__file__), path]
+
+
 def start(path: str, env: dict[str, str]):
     """The server on socket `path`, started with `env` in a session of its own (so that killing its
     process group also kills any command still running), once it is ready."""

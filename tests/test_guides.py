@@ -56,7 +56,6 @@ FAST_EVAL_ITERS = 2
 FAST_POSITIONS = 1000
 FAST_EVAL = 20
 TRAINS = re.compile(r"\b(gptkit train|python no_mask\.py)\b")  # the guides' no_mask.py runs `gptkit train`
-FORKSERVER = Path(__file__).with_name("forkserver.py")
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 NUMBER = re.compile(r"[-+]?\d[\d,.:]*")
@@ -207,7 +206,7 @@ def python_cmd(tmp_path_factory):
     sock = tmp_path_factory.mktemp("forkserver") / "s"
     server = forkserver.start(str(sock), step_env())
     try:
-        yield [sys.executable, str(FORKSERVER), str(sock)]
+        yield forkserver.client_argv(str(sock))
     finally:
         forkserver.stop(server)
 

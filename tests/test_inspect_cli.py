@@ -11,7 +11,7 @@ import sys
 import pytest
 from rich.cells import cell_len
 
-from tests.conftest import SHAKESPEARE, assert_one_line_error, cli_env, cli_python, run_cli, run_here
+from tests.conftest import SHAKESPEARE, assert_one_line_error, cli_env, gptkit_argv, run_cli, run_here
 
 PROMPT = "KING RICHARD III:\nWhat says the"
 
@@ -90,7 +90,7 @@ def test_with_no_run_named_the_newest_of_several_runs_in_the_gptkit_store_store(
 def test_a_closed_pipe_ends_quietly_with_0(trained_run, tmp_path):
     """`gptkit inspect | head`: rich's console exits 1 when its pipe closes; inspect ends with 0, like
     tokenize, sample and other Unix tools. The reading end is closed before inspect writes anything."""
-    proc = subprocess.Popen([*cli_python(), "-m", "gptkit", "inspect", str(trained_run["run_dir"])], cwd=tmp_path,
+    proc = subprocess.Popen([*gptkit_argv(), "inspect", str(trained_run["run_dir"])], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     proc.stdout.close()
     err = proc.stderr.read()

@@ -14,7 +14,7 @@ import torch
 
 from gptkit import checkpoint
 from gptkit.config import ModelConfig, to_dict
-from tests.conftest import KOREAN, assert_one_line_error, built_once, cli_env, cli_python, run_cli, run_here
+from tests.conftest import KOREAN, assert_one_line_error, built_once, cli_env, gptkit_argv, run_cli, run_here
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +115,7 @@ def test_streamed_korean_never_shows_a_broken_character(korean_bytes, tmp_path):
 
 def test_output_streams_before_generation_ends(trained_run, tmp_path):
     env = cli_env()
-    cmd = [*cli_python(), "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:",
+    cmd = [*gptkit_argv(), "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:",
            "-n", "100000", "--no-echo"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -146,13 +146,13 @@ def test_bad_input_gives_one_line_error(tmp_path, args, needle, capsys, monkeypa
 
 def test_a_failed_write_to_stdout_is_one_line(trained_run, tmp_path):
     """A full disk (`> /dev/full`) or a closed stdout (`>&-`): one error line, not a traceback."""
-    cmd = [*cli_python(), "-m", "gptkit", "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "5"]
+    cmd = [*gptkit_argv(), "sample", "-c", str(trained_run["run_dir"]), "-p", "ROMEO:", "-n", "5"]
     env = cli_env()  # `>&-` closes the client's stdout: it runs a fresh interpreter (tests/forkserver.py)
     with open("/dev/full", "w") as full:
         proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     assert_one_line_error(proc, "writing the output failed", "no space left")
     assert proc.returncode == 1
-    for args in (cmd, [*cli_python(), "-m", "gptkit", "--help"]):
+    for args in (cmd, [*gptkit_argv(), "--help"]):
         proc = subprocess.run(shlex.join(args) + " >&-", shell=True, capture_output=True, text=True, env=env,
                               cwd=tmp_path)
         assert_one_line_error(proc, "writing the output failed", "stdout is closed")

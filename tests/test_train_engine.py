@@ -26,7 +26,7 @@ from tests.conftest import (
     SHAKESPEARE,
     assert_one_line_error,
     cli_env,
-    cli_python,
+    gptkit_argv,
     recorded_eval,
     reference_losses,
     run_here,
@@ -70,12 +70,12 @@ def _torchrun(tmp_path, run: str, *args: str, wait: bool = True):
     """`torchrun --nproc_per_node 2 -m gptkit train` on CPU (gloo), one thread a rank. Each rank's own
     stdout and stderr go to files under tmp_path/logs (torchrun --redirects), read by `_ddp_report`.
     The launcher is a fresh interpreter (its children are the ranks); each rank is `python -m gptkit`
-    through conftest's cli_python (--no-python: torchrun runs that argv as it is)."""
+    through conftest's gptkit_argv (--no-python: torchrun runs that argv as it is)."""
     (tmp_path / "logs").mkdir(exist_ok=True)
     logs = tempfile.mkdtemp(prefix=f"{run}-", dir=tmp_path / "logs")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "--log-dir", logs, "--redirects", "3", "--no-python",
-           *cli_python(), "-m", "gptkit", "train", *args, "--run-name", run, "--checkpoints", str(tmp_path),
+           *gptkit_argv(), "train", *args, "--run-name", run, "--checkpoints", str(tmp_path),
            "--device", "cpu", "-q", "--dtype", "float32"]  # the data first: torchrun reads an option it can abbreviate until then
     env = cli_env(OMP_NUM_THREADS="1")
     if not wait:
@@ -186,7 +186,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, sig, capsys):
     store = tmp_path / "store"
     args = ["train", str(SHAKESPEARE), "--run", "r", "--checkpoints", str(store), "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--block-size", "32", "--eval-interval", "10", "--eval-iters", "2", "--max-iters", "100000"]
-    proc = subprocess.Popen([*cli_python(), "-m", "gptkit", *args], cwd=tmp_path, env=cli_env(),
+    proc = subprocess.Popen([*gptkit_argv(), *args], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = store / "r" / checkpoint.LAST
     deadline = time.time() + 120

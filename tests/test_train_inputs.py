@@ -23,7 +23,7 @@ from gptkit import checkpoint
 from gptkit.cli.train_cmd import check_run_name, run_name_for
 from gptkit.errors import UsageError
 from gptkit.fsio import RUN_LOCK, lock_holder
-from tests.conftest import ENGLISH, KOREAN, ROOT, SHAKESPEARE, assert_one_line_error, cli_env, cli_python, run_here
+from tests.conftest import ENGLISH, KOREAN, ROOT, SHAKESPEARE, assert_one_line_error, cli_env, gptkit_argv, run_here
 
 TINY = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
         "--eval-iters", "1", "--device", "cpu", "-q"]
@@ -149,7 +149,7 @@ def test_two_nodes_with_stores_of_their_own_each_build_from_a_folder_and_train(t
         env = {**cli_env(), "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
                "GROUP_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(
-            [*cli_python(), "-m", "gptkit", "train", str(texts), "--checkpoints", str(tmp_path / f"node{rank}"),
+            [*gptkit_argv(), "train", str(texts), "--checkpoints", str(tmp_path / f"node{rank}"),
              "--run-name", "r", "--max-iters", "3", "--eval-interval", "3", *TINY],
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
