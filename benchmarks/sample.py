@@ -14,7 +14,7 @@ Prints, measured in one run so the ratios hold on a noisy machine:
      texts agree and how far the logits drift;
   5. the UTF-8 mask (`sample`'s default for byte-level tokenizers) against no mask, at the baby dims
      with a 4,096-token BPE trained on tests/data/korean.txt, temperature 1: tokens/s of each, best of
-     --repeat interleaved runs (target: the mask costs at most 5%), and the mask's own per-step
+     2 x --repeat runs in ABBA order (target: the mask costs at most 5%), and the mask's own per-step
      operations timed alone against the model's step.
 Random weights: speed does not depend on them.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 
 import torch
@@ -124,7 +125,7 @@ def compare_hf(model: GPT, engines: dict[str, Engine], prompt: list[int],
 
 
 def compare_utf8(n: int, repeat: int, vocab_size: int = 4096) -> dict[str, float]:
-    """Tokens/s with and without the UTF-8 mask, same model, prompt and seed, interleaved runs."""
+    """Tokens/s with and without the UTF-8 mask, same model, prompt and seed, runs in ABBA order."""
     from pathlib import Path
 
     from gptkit.completion import utf8_constraint
@@ -138,18 +139,25 @@ def compare_utf8(n: int, repeat: int, vocab_size: int = 4096) -> dict[str, float
     utf8 = utf8_constraint(tok, model.config.vocab_size)
     engine, prompt, params = Engine(model), tok.encode("그날 밤, 나는"), SamplingParams(temperature=1.0)
 
-    def run(mask) -> tuple[float, bytes]:
-        t0 = time.perf_counter()
-        ids = [int(s.ids[0]) for s in engine.generate(prompt, n, params, seed=0, utf8=mask)]
-        return n / (time.perf_counter() - t0), tok.decode_bytes(ids)
+    def run(mask) -> tuple[float, list[float], bytes]:
+        ids, stamps = [], [time.perf_counter()]
+        for s in engine.generate(prompt, n, params, seed=0, utf8=mask):
+            ids.append(int(s.ids[0]))
+            stamps.append(time.perf_counter())
+        return n / (stamps[-1] - stamps[0]), [b - a for a, b in zip(stamps, stamps[1:])], tok.decode_bytes(ids)
 
     run(utf8), run(None)  # warm up
     runs: dict[str, list[float]] = {"mask": [], "none": []}
+    steps: dict[str, list[float]] = {"mask": [], "none": []}  # every step's time: the median shrugs off a burst
     broken = {}
-    for _ in range(repeat):
-        for name, mask in (("mask", utf8), ("none", None)):
-            tps, data = run(mask)
+    # twice `repeat` runs each, in ABBA order (mask, none, none, mask, ...): a speed drift within the
+    # minute then favours neither side, as a fixed mask-first order did
+    pair = (("mask", utf8), ("none", None))
+    for i in range(2 * repeat):
+        for name, mask in pair if i % 2 == 0 else pair[::-1]:
+            tps, times, data = run(mask)
             runs[name].append(tps)
+            steps[name] += times
             broken[name] = data.decode("utf-8", errors="replace").count("\ufffd")
     states, ids = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
     logits = torch.randn(1, model.config.vocab_size)
@@ -159,14 +167,17 @@ def compare_utf8(n: int, repeat: int, vocab_size: int = 4096) -> dict[str, float
         states = utf8.advance(states, ids)
     mask_ms = (time.perf_counter() - t0) / 2
     best_m, best_n = max(runs["mask"]), max(runs["none"])
+    med_m, med_n = statistics.median(steps["mask"]), statistics.median(steps["none"])
     print(f"\nUTF-8 mask, baby dims with a {tok.vocab_size}-token Korean BPE, {n} tokens at temperature 1, "
-          f"best of {repeat} interleaved runs:")
+          f"best of {2 * repeat} runs each in ABBA order:")
     print(f"  masked {best_m:7.1f} tokens/s | unmasked {best_n:7.1f} tokens/s | ratio {best_m / best_n:.3f} "
           f"(every run: {' '.join(f'{a:.0f}/{b:.0f}' for a, b in zip(runs['mask'], runs['none'], strict=True))})")
     print(f"  the mask's operations alone: {mask_ms * 1000:.1f} us a step, {100 * mask_ms / 1000 * best_n:.1f}% of "
           f"an unmasked step | U+FFFD in the last text: masked {broken['mask']}, unmasked {broken['none']}")
+    print(f"  median step of all runs: masked {med_m * 1000:.3f} ms | unmasked {med_n * 1000:.3f} ms | "
+          f"speed ratio {med_n / med_m:.3f}")
     return {"utf8 mask x unmasked": round(best_m / best_n, 3), "utf8 mask tok/s": round(best_m, 1),
-            "utf8 mask us/step": round(mask_ms * 1000, 1)}
+            "utf8 mask us/step": round(mask_ms * 1000, 1), "utf8 mask x unmasked, median step": round(med_n / med_m, 3)}
 
 
 def compare_bf16(model: GPT, prompt: list[int], n: int, fp32: tuple[float, list[int], list[torch.Tensor]]) -> None:

@@ -175,18 +175,22 @@ class Utf8Constraint:
         columns = [never if data is None else whole if _whole_characters(data)
                    else [_run(s, data) for s in range(UTF8_STATES)] for data in pieces]
         self.next_state = torch.tensor(columns, dtype=torch.long).T.contiguous()  # (S, V)
-        self.forbidden = self.next_state < 0  # (S, V)
+        self.forbidden = self.next_state < 0  # (S, V): what a strict decoder rejects
+        # what a step applies, both per state, so a step is one row lookup each (see blocked, advance)
+        self.mask = self.forbidden & ~self.forbidden.all(dim=-1, keepdim=True)
+        self.after = self.next_state.clamp_min(UTF8_START)
 
     def to(self, device: torch.device) -> Utf8Constraint:
         if self.next_state.device != device:
-            self.next_state, self.forbidden = self.next_state.to(device), self.forbidden.to(device)
+            for name in ("next_state", "forbidden", "mask", "after"):
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def state_after(self, ids: Sequence[int], state: int = UTF8_START) -> int:
         """The state after a sequence of ids (a prompt), read on the host."""
-        table = self.next_state.cpu()
+        table = self.after.cpu()
         for t in ids:
-            state = max(UTF8_START, int(table[state, t]))  # a prompt's invalid bytes: start afresh
+            state = int(table[state, t])  # a prompt's invalid bytes: start afresh
         return state
 
     def blocked(self, states: torch.Tensor) -> torch.Tensor:
@@ -195,12 +199,11 @@ class Utf8Constraint:
         A row with every token blocked cannot happen when the vocabulary holds the 256 single bytes
         (every state accepts some byte); for another vocabulary such a row is left unmasked, and its
         state restarts after the invalid token (`advance`), as a decoder does after a U+FFFD."""
-        rows = self.forbidden[states]  # (B, V)
-        return rows & ~rows.all(dim=-1, keepdim=True)
+        return self.mask[states]
 
     def advance(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B,) states and the (B,) ids just chosen -> the (B,) states after their bytes."""
-        return self.next_state[states, ids].clamp_min(UTF8_START)
+        return self.after[states, ids]
 
 
 def _whole_characters(data: bytes) -> bool:
