@@ -20,7 +20,7 @@ GPTKIT_GUIDE_FAST (default 1) shortens the work so the suite stays fast: `--max-
 (the --neighbors scan) becomes `--max-positions 1000` and `--eval N` (the --neighbors evaluation)
 `--eval 20`; the built-in corpus, which `gptkit train` would make in the run folder's store, is
 copied there from the one `inspect --neighbors` makes (the same file, made once per machine, not
-twice per run); and `gptkit`/`python` run as forked copies of one interpreter that has already
+twice per run); and, on Linux, `gptkit`/`python` run as forked copies of one interpreter that has already
 imported torch (forkserver.py: each is still its own process, with the command's argv, folder,
 environment, stdio and exit code), because importing torch took most of a fresh command's time.
 GPTKIT_GUIDE_FAST=0 runs the guides exactly as written, each command in a fresh interpreter, which
@@ -47,7 +47,7 @@ from pathlib import Path
 import pytest
 
 from tests import forkserver
-from tests.conftest import ROOT, seed_builtin_corpus
+from tests.conftest import FORK, ROOT, seed_builtin_corpus
 
 GUIDES = {"en": ROOT / "docs" / "guide.md", "ko": ROOT / "docs" / "guide.ko.md"}
 FAST = os.environ.get("GPTKIT_GUIDE_FAST", "1") != "0"
@@ -199,8 +199,9 @@ def prelude(python: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def python_cmd(tmp_path_factory):
-    """How a step runs `python`: through a fork server in fast mode, else a fresh interpreter each time."""
-    if not FAST:
+    """How a step runs `python`: through a fork server in fast mode where conftest's FORK allows one
+    (Linux; GPTKIT_TEST_FORK=0 turns it off), else a fresh interpreter each time."""
+    if not (FAST and FORK):
         yield [sys.executable]
         return
     sock = tmp_path_factory.mktemp("forkserver") / "s"
@@ -269,6 +270,8 @@ sys.exit(int(sys.argv[1]))
 
 def test_commands_run_through_the_fork_server_as_through_python(python_cmd, tmp_path):
     """Same output, exit code and error as a fresh interpreter: argv, folder, environment, stdin, atexit."""
+    if python_cmd == [sys.executable]:
+        pytest.skip("the guides run without the fork server here (conftest's FORK, or GPTKIT_GUIDE_FAST=0)")
     (tmp_path / "probe.py").write_text(PROBE, encoding="utf-8")
     script = 'echo in | PROBE=yes python probe.py "$1"; echo "exit $?"; python -m gptkit --version'
     for arg in ("0", "3", "raise"):
