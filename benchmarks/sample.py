@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import statistics
 import time
 
@@ -144,7 +145,7 @@ def compare_utf8(n: int, repeat: int, vocab_size: int = 4096) -> dict[str, float
         for s in engine.generate(prompt, n, params, seed=0, utf8=mask):
             ids.append(int(s.ids[0]))
             stamps.append(time.perf_counter())
-        return n / (stamps[-1] - stamps[0]), [b - a for a, b in zip(stamps, stamps[1:])], tok.decode_bytes(ids)
+        return n / (stamps[-1] - stamps[0]), [b - a for a, b in itertools.pairwise(stamps)], tok.decode_bytes(ids)
 
     run(utf8), run(None)  # warm up
     runs: dict[str, list[float]] = {"mask": [], "none": []}
