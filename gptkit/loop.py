@@ -127,11 +127,10 @@ class Loop:
 
     def __init__(self, mc: ModelConfig, tc: TrainConfig, ds: TokenDataset, run_dir: Path, device: torch.device,
                  dtype: torch.dtype, dist_info: runtime.DistInfo, on_event: Callable[[Event], None],
-                 plan: tuple[int, int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 plan: tuple[int, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.mc, self.tc, self.ds, self.run_dir = mc, tc, ds, run_dir
         self.clock = clock  # seconds for the budget and step times; a test injects a fake one
-        self.device, self.dtype, self.dist = device, dtype, dist_info
+        self.device, self.dtype, self.dist, self.dtype_measured = device, dtype, dist_info, False
         self.emit = on_event if dist_info.is_main else (lambda e: None)
         self.metrics = run_dir / "metrics.jsonl" if dist_info.is_main else None
         self.shard = (dist_info.rank, dist_info.world_size)
@@ -167,7 +166,7 @@ class Loop:
         if prior is not None:
             self.model.load_state_dict(checkpoint.load_tensors(prior, "model.", self.device), strict=False)
         if self.tc.dtype == "auto" and self.device.type == "cpu":
-            self.dtype = self._measured_cpu_dtype(prior.state.get("step", 0) if resume and prior else 0)
+            self.dtype = self._cpu_auto_dtype(prior.state if resume and prior else {})
         self.optimizer = make_optimizer(self.model, self.tc, self.device)
         self.scaler = runtime.grad_scaler(self.device, self.dtype)
         self.train_model: torch.nn.Module = self.model
@@ -200,6 +199,14 @@ class Loop:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
 
+    def _cpu_auto_dtype(self, prior: dict[str, Any]) -> torch.dtype:
+        """`--dtype auto` on a CPU: measured, but a resume keeps what it measured (a close call could flip)."""
+        was = prior.get("precision") or {}
+        if was.get("device") == "cpu" and was.get("measured") and was.get("dtype") in ("float32", "bfloat16"):
+            self.dtype_measured, self.dtype_note = True, f"auto: {was['dtype']}, as this run measured at its start"
+            return getattr(torch, was["dtype"])
+        return self._measured_cpu_dtype(prior.get("step", 0))
+
     def _measured_cpu_dtype(self, step: int) -> torch.dtype:
         """`--dtype auto` on a CPU: bf16 where this model's forward and backward run clearly faster in it
         (`runtime.cpu_training_dtype`); the same on every rank. A run of a known length too short to
@@ -211,6 +218,7 @@ class Loop:
             return torch.float32
         dtype, ratio = runtime.cpu_training_dtype(self.model, rows)
         bf16 = runtime.agree_min(int(dtype == torch.bfloat16), self.dist, self.device)
+        self.dtype_measured = True
         self.dtype_note = f"auto: a bf16 step took {ratio:.2f}x fp32's here"
         return torch.bfloat16 if bf16 else torch.float32
 
@@ -436,5 +444,7 @@ class Loop:
                     bits_per_char(st.last_val_loss, self.ds.val_tokens_per_char),
                     "rng": {"numpy": batches, "torch": ranks[0]["torch"], "ranks": ranks},
                     "data": {"dataset": str(self.ds.path), **self.ds.meta.get("source", {})},
+                    "precision": {"device": self.device.type, "dtype": str(self.dtype).removeprefix("torch."),
+                                  "measured": self.dtype_measured},
                     "versions": {"gptkit": __version__, "torch": torch.__version__}}}
         return checkpoint.save(self.run_dir / name, self.model, meta, self.optimizer if with_optim else None)

@@ -109,6 +109,35 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, monkeypatch, case):
         assert start["grad_accum"] == 2 and start["max_time"] == 15.0
 
 
+def test_a_resume_keeps_the_precision_its_run_measured(tmp_path, monkeypatch):
+    """`--dtype auto` on a CPU is measured. Measured again on resume, a close call could flip with the
+    machine's load, and the resumed run then differed from the straight one (the Korean guide's did, in
+    the 4th decimal). Here the measurement favours bf16 when the runs start and fp32 when one resumes:
+    the resume keeps bf16 and ends bit-identical to the straight run; `--dtype` still chooses again."""
+    from gptkit import runtime
+
+    verdict = [torch.bfloat16]
+    monkeypatch.setattr(runtime, "faster_cpu_dtype", lambda step: (verdict[0], 0.4 if verdict[0] == torch.bfloat16 else 1.1))
+    monkeypatch.setattr(runtime, "_CPU_DTYPES", {})
+    mc, tc = _tiny(max_iters=20, dtype="auto", optimizer="adamw")
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "straight", tmp_path)
+    train(mc, tc, str(SHAKESPEARE), tmp_path / "split", tmp_path, on_event=interrupt_at(13))
+    verdict[0] = torch.float32  # the machine now measures the other way (and nothing is cached)
+    monkeypatch.setattr(runtime, "_CPU_DTYPES", {})
+    events: list[dict] = []
+    train(mc, tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True, on_event=events.append)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["dtype"] == "bfloat16" and "as this run measured" in start["dtype_note"]
+    _assert_bit_identical(tmp_path / "straight", tmp_path / "split")
+    assert checkpoint.read_info(tmp_path / "split" / checkpoint.LAST).state["precision"] == {
+        "device": "cpu", "dtype": "bfloat16", "measured": True}
+    mc, tc = _tiny(max_iters=22, dtype="float32", optimizer="adamw")  # a flag chooses again
+    events.clear()
+    train(mc, tc, str(tmp_path / "split" / "data"), tmp_path / "split", tmp_path, resume=True, on_event=events.append,
+          explicit={"max_iters", "dtype"})
+    assert next(e for e in events if e["event"] == "start")["dtype"] == "float32"
+
+
 def test_resume_alone_takes_the_runs_own_settings(tmp_path):
     """`--resume` with no other flag: the run's batch size, learning rates, warmup, optimizer and budget
     come from its checkpoint, not from today's defaults, so it still ends bit-identical to a straight run."""
