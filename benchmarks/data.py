@@ -37,8 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = ROOT / "tests" / "data"
+# the child's stdout goes to the file argv[1] names; the parent's last stdout line is the child's peak RSS
 PEAK = ("import resource, subprocess, sys\n"
-        "p = subprocess.run([sys.executable, '-m', 'gptkit', *sys.argv[1:]], stdout=subprocess.DEVNULL,"
+        "p = subprocess.run([sys.executable, '-m', 'gptkit', *sys.argv[2:]], stdout=open(sys.argv[1], 'w'),"
         " stderr=subprocess.PIPE, text=True)\n"
         "sys.exit(p.stderr[-2000:]) if p.returncode else print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
 TRAIN = ["--max-iters", "1", "--eval-iters", "1", "--n-layer", "1", "--n-head", "1", "--n-embd", "32",
@@ -77,14 +78,14 @@ def make_folder(text: Path, folder: Path, n_files: int) -> None:
     assert start == len(data) and all(p.stat().st_size for p in folder.rglob("*.txt"))
 
 
-def run(args: list[str], cwd: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `python -m gptkit ARGS`."""
+def run(args: list[str], cwd: Path, out: Path | str = os.devnull) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of `python -m gptkit ARGS`, its stdout written to `out`."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK, *args], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", PEAK, str(out), *args], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"gptkit {' '.join(args[:3])} failed: {proc.stderr.strip()}")
-    return seconds, int(proc.stdout) / 1024  # KiB on Linux
+    return seconds, int(proc.stdout.split()[-1]) / 1024  # KiB on Linux
 
 
 def tiktoken_baseline(path: Path) -> tuple[float, list[np.ndarray]]:

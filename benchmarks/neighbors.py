@@ -7,7 +7,7 @@ In a temporary folder (never kept):
 Prints each run's wall time and peak RSS as a ratio to its target (first run <= 5 minutes including
 the cache, second <= 1 minute), the cache build and search times the command reports, and the top-1
 agreement with the model of all blocks together and of the two baselines (unigram, longest suffix).
-Each child's peak RSS comes from a parent of its own (RUSAGE_CHILDREN), as in data.py.
+Each child's peak RSS comes from a parent of its own (RUSAGE_CHILDREN): data.py's `run`.
 `--dry-run` does the same in seconds on tests/data's copy with 4 steps, --eval 50 and a 20,000-position
 pool (checks the script, not speed); `--record` appends the figures to results.jsonl (see results.py).
 
@@ -21,30 +21,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = {False: ROOT.parent / "shared" / "data" / "tinyshakespeare.txt", True: ROOT / "tests" / "data" / "tinyshakespeare.txt"}
 TARGETS = {"first": 300.0, "cached": 60.0}  # seconds
-# the child's stdout (the --json line) goes to a file; its peak RSS is the parent's last stdout line
-PEAK = ("import resource, subprocess, sys\n"
-        "p = subprocess.run([sys.executable, '-m', 'gptkit', *sys.argv[2:]], stdout=open(sys.argv[1], 'w'),"
-        " stderr=subprocess.PIPE, text=True)\n"
-        "sys.exit(p.stderr[-2000:]) if p.returncode else print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-
-
-def run(args: list[str], cwd: Path, out: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `python -m gptkit ARGS`, its stdout written to `out`."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK, str(out), *args], cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"gptkit {' '.join(args[:2])} failed: {proc.stderr.strip()}")
-    return seconds, int(proc.stdout.split()[-1]) / 1024  # KiB on Linux
 
 
 def main() -> None:
@@ -61,6 +44,8 @@ def main() -> None:
     text = TEXTS[args.dry_run]
     if not text.is_file():
         sys.exit(f"{text} not found (the full run reads ../shared/data; --dry-run needs only this repository)")
+    from data import run  # beside this script: a child's time and peak RSS
+
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     with tempfile.TemporaryDirectory(prefix="gptkit-bench-neighbors-") as tmp_name:
         tmp = Path(tmp_name)
